@@ -1,0 +1,56 @@
+//! Host facts: what the plan needs to know about the machine it will run on.
+//! `routerd` reads them from the kernel; tests and `routerctl print --facts`
+//! give them as a file. They are the only thing tests mock.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Facts about the host the plan is compiled for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HostFacts {
+    /// Network interfaces present (physical ports), e.g. `["eth0", "eth1"]`.
+    pub interfaces: Vec<String>,
+    /// The kernel can make 802.1Q VLAN devices (8021q).
+    #[serde(default = "yes")]
+    pub vlan: bool,
+    /// Memory in MiB; sizes the connection-tracking table.
+    #[serde(default = "default_memory")]
+    pub memory_mib: u32,
+    /// Where routerd keeps state that survives reboots (DHCP leases).
+    #[serde(default = "default_state_dir")]
+    pub state_dir: String,
+    /// Where routerd keeps run-time files (the generated dnsmasq config, the WAN's DNS servers).
+    #[serde(default = "default_run_dir")]
+    pub run_dir: String,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_memory() -> u32 {
+    512
+}
+fn default_state_dir() -> String {
+    "/var/lib/routerd".into()
+}
+fn default_run_dir() -> String {
+    "/run/routerd".into()
+}
+
+impl HostFacts {
+    /// Facts assumed when none are given (offline `routerctl print`): every
+    /// interface the config names exists, VLANs work, 512 MiB of memory.
+    pub fn assumed(interfaces: impl IntoIterator<Item = String>) -> Self {
+        let mut interfaces: Vec<String> = interfaces.into_iter().collect();
+        interfaces.sort();
+        interfaces.dedup();
+        Self {
+            interfaces,
+            vlan: true,
+            memory_mib: default_memory(),
+            state_dir: default_state_dir(),
+            run_dir: default_run_dir(),
+        }
+    }
+}
