@@ -34,10 +34,10 @@ impl Framing {
         }
     }
 
-    /// Link-layer bytes added to each IP packet before any cell padding.
-    /// Ethernet: header 14 + FCS 4. VDSL/PTM with PPPoE: PPPoE 8 + Ethernet 14
-    /// + VLAN 4 + FCS 4. ADSL PPPoA (VC-mux): PPP 2 + AAL5 trailer 8. ADSL PPPoE
-    /// (LLC/SNAP): 40, the figure sqm-scripts and cake use.
+    /// Link-layer bytes added to each IP packet before any cell padding:
+    /// Ethernet, header 14 and FCS 4; VDSL/PTM with PPPoE, PPPoE 8, Ethernet 14,
+    /// VLAN 4 and FCS 4; ADSL PPPoA (VC-mux), PPP 2 and the AAL5 trailer 8;
+    /// ADSL PPPoE (LLC/SNAP), 40, the figure sqm-scripts and cake use.
     pub fn overhead_bytes(self) -> u64 {
         match self {
             Framing::Ethernet => 18,

@@ -12,16 +12,17 @@ pub fn parse_rate(text: &str) -> Result<u64, String> {
         .map_err(|_| format!("`{text}` is not a rate (write e.g. `5M`, `2 Mbit`, `500k`)"))?;
     let unit = unit.trim();
     let lower = unit.to_ascii_lowercase();
-    let stem = lower
-        .trim_end_matches("/s")
-        .trim_end_matches("ps")
-        .trim_end_matches("bit")
-        .trim_end_matches("bits");
     if unit.ends_with('B') || lower.ends_with("byte") || lower.ends_with("bytes") {
         return Err(format!(
             "`{text}`: rates are in bits (write `5M` or `5 Mbit`), not bytes"
         ));
     }
+    // `5M`, `5Mbit`, `5 Mbit/s`, `5mbps`, `5Mbits`: the prefix is what is left.
+    let stem = ["bits/s", "bit/s", "bps", "bits", "bit", "b/s"]
+        .iter()
+        .find_map(|suffix| lower.strip_suffix(suffix))
+        .unwrap_or(&lower)
+        .trim();
     let factor = match stem {
         "" | "b" => 1.0,
         "k" => 1e3,
