@@ -13,6 +13,7 @@ use ipnet::IpNet;
 use router_config::model::{LanEgress, PhoneEgress, WanMode, WifiEgress};
 use router_config::Checked;
 
+use crate::dhcp::{VENDOR_SET_V4, VENDOR_SET_V6};
 use crate::net::{Network, Role};
 use crate::nft::{quote, Chain, CtTimeout, Ruleset, Set, Table, DNS_TABLE, TABLE};
 
@@ -315,7 +316,7 @@ impl<'a> Firewall<'a> {
         );
         c.rule(
             format!("iifname vmap {{ {} }}", map.join(", ")),
-            "new connections to the router, by the interface they arrive on",
+            "wan.interface and each network's interface: new connections to the router, judged per interface",
         );
         c
     }
@@ -406,7 +407,7 @@ impl<'a> Firewall<'a> {
         );
         c.rule(
             format!("iifname vmap {{ {} }}", map.join(", ")),
-            "new connections through the router, by the interface they arrive on",
+            "wan.interface and each network's interface: new connections through the router, per interface",
         );
         c
     }
@@ -681,20 +682,20 @@ impl<'a> Firewall<'a> {
             elements: Vec::new(),
             comment: comment.into(),
         };
-        t.sets.push(vendor_set("vendor_v4", "ipv4_addr"));
+        t.sets.push(vendor_set(VENDOR_SET_V4, "ipv4_addr"));
         let v6 = self.phones().is_some_and(|p| p.ipv6);
         if v6 {
-            t.sets.push(vendor_set("vendor_v6", "ipv6_addr"));
+            t.sets.push(vendor_set(VENDOR_SET_V6, "ipv6_addr"));
         }
         let mut c = Chain::base("vendor_mark", "filter", "forward", "filter - 10", "accept");
         let mark = format!("meta mark set meta mark | 0x{MARK_VENDOR:08x}");
         c.rule(
-            format!("ip daddr @vendor_v4 {mark}"),
+            format!("ip daddr @{VENDOR_SET_V4} {mark}"),
             "policy vendor_provisioning: mark packets to vendor provisioning servers",
         );
         if v6 {
             c.rule(
-                format!("ip6 daddr @vendor_v6 {mark}"),
+                format!("ip6 daddr @{VENDOR_SET_V6} {mark}"),
                 "policy vendor_provisioning: mark packets to vendor provisioning servers (IPv6)",
             );
         }
