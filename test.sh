@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Runs every test of the router firmware. Installs what it needs first
+# (Debian packages, Rust components), so it works on a fresh Debian machine.
+# Needs root for apt-get (it uses sudo when not root).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# Real components the tests run: nft (golden rulesets are loaded with nft -c),
+# dnsmasq (the generated config is checked with dnsmasq --test), unshare.
+need=()
+command -v nft >/dev/null || need+=(nftables)
+command -v dnsmasq >/dev/null || need+=(dnsmasq-base)
+command -v unshare >/dev/null || need+=(util-linux)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "== installing ${need[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+if command -v rustup >/dev/null; then
+  rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+  rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --locked
