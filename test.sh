@@ -23,6 +23,13 @@ if command -v rustup >/dev/null; then
   rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 fi
 
+# The router ships Debian trixie's userland (nft 1.1.3, dnsmasq 2.91); the host
+# may have older ones. Tests that set ROUTERD_TRIXIE_ROOT also run them there.
+export ROUTERD_TRIXIE_ROOT=${ROUTERD_TRIXIE_ROOT:-/var/cache/routerd/trixie-test-root}
+echo "== trixie root filesystem for tests: $ROUTERD_TRIXIE_ROOT"
+as_root mkdir -p "$(dirname "$ROUTERD_TRIXIE_ROOT")"
+as_root image/trixie-root.sh "$ROUTERD_TRIXIE_ROOT" nftables dnsmasq-base
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
