@@ -21,7 +21,7 @@ pub const FACTORY_POLICY: &str = include_str!("../provider/ipnordic.toml");
 pub struct ProviderPolicy {
     /// The provider's name; a router config's `provider` must match it.
     pub provider: String,
-    /// Version of this data, e.g. `2026.11.1`. Shown in `routerctl status` and the plan.
+    /// Version of this data, e.g. `2026.11.1`. Named in the plan and in the generated files.
     pub version: String,
     /// Where the data comes from (the provider's document and its date).
     pub source: String,
