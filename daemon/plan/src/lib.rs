@@ -13,6 +13,9 @@ pub mod nft;
 pub mod qos;
 pub mod sysctl;
 
+#[cfg(test)]
+mod testutil;
+
 use router_config::{Checked, Diagnostic, HostFacts};
 use serde::Serialize;
 

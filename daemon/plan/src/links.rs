@@ -241,17 +241,11 @@ fn render_route(r: &Route) -> String {
 mod tests {
     use super::*;
     use crate::net::networks;
+    use crate::testutil::{checked, example};
     use router_config::Config;
 
-    fn example() -> Config {
-        let text = include_str!("../../../docs/examples/router.toml");
-        let (cfg, _) = router_config::parse_config(text);
-        cfg.expect("example parses")
-    }
-
     fn plan(cfg: Config) -> LinksPlan {
-        let policy = router_config::parse_policy(router_config::FACTORY_POLICY).expect("policy");
-        let checked = router_config::check(cfg, policy).expect("config checks");
+        let checked = checked(cfg);
         links(&checked, &networks(&checked))
     }
 
