@@ -293,6 +293,18 @@ impl<'a> Firewall<'a> {
         c
     }
 
+    /// `iifname vmap { "eth0" : jump <prefix>_wan, "eth1" : jump <prefix>_lan, ... }`:
+    /// one lookup dispatches a new connection to its interface's chain.
+    fn by_interface(&self, prefix: &str) -> String {
+        let mut map = vec![format!("{} : jump {prefix}_wan", quote(&self.wan))];
+        map.extend(
+            self.nets
+                .iter()
+                .map(|n| format!("{} : jump {prefix}_{}", quote(&n.ifname), n.role.short())),
+        );
+        format!("iifname vmap {{ {} }}", map.join(", "))
+    }
+
     fn input(&self) -> Chain {
         let mut c = Chain::base("input", "filter", "input", "filter", "drop");
         c.rule(
@@ -308,14 +320,8 @@ impl<'a> Firewall<'a> {
             "ip6 saddr fe80::/10 icmpv6 type { mld-listener-query, mld-listener-report, mld2-listener-report } accept",
             "spec O1: ICMPv6 multicast listener discovery on the link",
         );
-        let mut map = vec![format!("{} : jump input_wan", quote(&self.wan))];
-        map.extend(
-            self.nets
-                .iter()
-                .map(|n| format!("{} : jump input_{}", quote(&n.ifname), n.role.short())),
-        );
         c.rule(
-            format!("iifname vmap {{ {} }}", map.join(", ")),
+            self.by_interface("input"),
             "wan.interface and each network's interface: new connections to the router, judged per interface",
         );
         c
@@ -399,14 +405,8 @@ impl<'a> Firewall<'a> {
             "ct state vmap { invalid : drop, established : accept, related : accept }",
             "spec F7: established and related pass, invalid is dropped; the rest is denied",
         );
-        let mut map = vec![format!("{} : jump fwd_wan", quote(&self.wan))];
-        map.extend(
-            self.nets
-                .iter()
-                .map(|n| format!("{} : jump fwd_{}", quote(&n.ifname), n.role.short())),
-        );
         c.rule(
-            format!("iifname vmap {{ {} }}", map.join(", ")),
+            self.by_interface("fwd"),
             "wan.interface and each network's interface: new connections through the router, per interface",
         );
         c
