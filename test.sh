@@ -8,11 +8,13 @@ cd "$(dirname "$0")"
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # Real components the tests run: nft (golden rulesets are loaded with nft -c),
-# dnsmasq (the generated config is checked with dnsmasq --test), unshare.
+# dnsmasq (the generated config is checked with dnsmasq --test), unshare and ip
+# (kernel tests run in throwaway namespaces with veth ports).
 need=()
 command -v nft >/dev/null || need+=(nftables)
 command -v dnsmasq >/dev/null || need+=(dnsmasq-base)
 command -v unshare >/dev/null || need+=(util-linux)
+command -v ip >/dev/null || need+=(iproute2)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing ${need[*]}"
   as_root apt-get update -qq

@@ -17,6 +17,11 @@ pub struct HostFacts {
     /// Memory in MiB; sizes the connection-tracking table.
     #[serde(default = "default_memory")]
     pub memory_mib: u32,
+    /// routerd runs in the machine's own network namespace and may size the
+    /// machine-wide conntrack table. In a child namespace the kernel makes
+    /// `nf_conntrack_max` read-only, even for root, so it is left alone there.
+    #[serde(default = "yes")]
+    pub conntrack_sizing: bool,
     /// Where routerd keeps state that survives reboots (DHCP leases).
     #[serde(default = "default_state_dir")]
     pub state_dir: String,
@@ -49,6 +54,7 @@ impl HostFacts {
             interfaces,
             vlan: true,
             memory_mib: default_memory(),
+            conntrack_sizing: true,
             state_dir: default_state_dir(),
             run_dir: default_run_dir(),
         }

@@ -189,24 +189,24 @@ fn router_interfaces(checked: &Checked, nets: &[Network]) -> Vec<(String, String
 /// `nf_conntrack_helper` no longer exists on kernel 6.x; helpers (and so the
 /// SIP ALG, spec F2) are only attached by explicit firewall rules.
 fn conntrack(facts: &HostFacts) -> Vec<Sysctl> {
-    let max = conntrack_max(facts.memory_mib);
-    vec![
-        set(
+    let mut out = vec![set(
+        "net/netfilter/nf_conntrack_acct",
+        1,
+        "per-flow byte and packet counters for routerctl status",
+        Phase::BeforeFirewall,
+    )];
+    if facts.conntrack_sizing {
+        out.push(set(
             "net/netfilter/nf_conntrack_max",
-            max,
+            conntrack_max(facts.memory_mib),
             format!(
                 "facts.memory_mib = {}: {CONNTRACK_PER_MIB} flows per MiB, within [{CONNTRACK_MIN}, {CONNTRACK_MAX}]",
                 facts.memory_mib
             ),
             Phase::BeforeFirewall,
-        ),
-        set(
-            "net/netfilter/nf_conntrack_acct",
-            1,
-            "per-flow byte and packet counters for routerctl status",
-            Phase::BeforeFirewall,
-        ),
-    ]
+        ));
+    }
+    out
 }
 
 /// The conntrack table size for `memory_mib` of memory.

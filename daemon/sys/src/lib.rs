@@ -2,4 +2,6 @@
 //! touches the kernel (nftables, /proc/sys, /sys) and other processes (nft).
 //! Every operation is idempotent and reads the current state first.
 
+pub mod facts;
 pub mod nft;
+pub mod sysctl;
