@@ -2,6 +2,7 @@
 //! touches the kernel (nftables, /proc/sys, /sys) and other processes (nft).
 //! Every operation is idempotent and reads the current state first.
 
+pub mod apply;
 pub mod facts;
 pub mod nft;
 pub mod sysctl;
