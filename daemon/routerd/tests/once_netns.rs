@@ -7,35 +7,7 @@
 
 use std::process::{Command, Output};
 
-const INSIDE: &str = "ROUTERD_IN_NETNS";
-const DONE: &str = "netns-body-finished";
-
-fn inside_netns(test: &str) -> bool {
-    if std::env::var_os(INSIDE).is_some() {
-        return true;
-    }
-    let host_forward = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
-    let out = Command::new("unshare")
-        .args(["--user", "--map-root-user", "--net"])
-        .arg(std::env::current_exe().unwrap())
-        .args(["--exact", test, "--nocapture", "--test-threads=1"])
-        .env(INSIDE, "1")
-        .output()
-        .expect("unshare runs (util-linux)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "inside the namespace:\n{text}");
-    assert!(text.contains(DONE), "the body did not run:\n{text}");
-    let after = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
-    assert_eq!(
-        host_forward, after,
-        "the host's own forwarding setting changed"
-    );
-    false
-}
+use router_sys::netns::in_netns;
 
 fn golden(case: &str, file: &str) -> String {
     format!(
@@ -79,9 +51,13 @@ fn nfts() -> Vec<String> {
 
 #[test]
 fn once_applies_verifies_and_is_idempotent_and_refuses_bad_configs_untouched() {
-    if !inside_netns("once_applies_verifies_and_is_idempotent_and_refuses_bad_configs_untouched") {
-        return;
-    }
+    in_netns(
+        "once_applies_verifies_and_is_idempotent_and_refuses_bad_configs_untouched",
+        once_applies_verifies_and_is_idempotent_and_refuses_bad_configs_untouched_body,
+    );
+}
+
+fn once_applies_verifies_and_is_idempotent_and_refuses_bad_configs_untouched_body() {
     for i in ["eth0", "eth1", "eth2"] {
         sh(&format!("ip link add {i} type veth peer name {i}-peer"));
     }
@@ -143,5 +119,4 @@ fn once_applies_verifies_and_is_idempotent_and_refuses_bad_configs_untouched() {
         assert_eq!(before, after, "a refused config changed the running state");
     }
     std::fs::remove_file(&facts).ok();
-    println!("{DONE}");
 }

@@ -4,5 +4,6 @@
 
 pub mod apply;
 pub mod facts;
+pub mod netns;
 pub mod nft;
 pub mod sysctl;

@@ -6,36 +6,9 @@
 
 #![allow(clippy::unwrap_used)] // helpers outside #[test] fns panic on broken fixtures by design
 
-use std::process::Command;
-
 use router_plan::Plan;
+use router_sys::netns::in_netns;
 use router_sys::nft::{Nft, NftError};
-
-const INSIDE: &str = "ROUTERD_IN_NETNS";
-const DONE: &str = "netns-body-finished";
-
-/// Runs the calling test's body in a fresh namespace. Returns true when the
-/// caller is the copy inside and should run the body.
-fn inside_netns(test: &str) -> bool {
-    if std::env::var_os(INSIDE).is_some() {
-        return true;
-    }
-    let out = Command::new("unshare")
-        .args(["--user", "--map-root-user", "--net"])
-        .arg(std::env::current_exe().unwrap())
-        .args(["--exact", test, "--nocapture", "--test-threads=1"])
-        .env(INSIDE, "1")
-        .output()
-        .expect("unshare runs (util-linux)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "inside the namespace:\n{text}");
-    assert!(text.contains(DONE), "the body did not run:\n{text}");
-    false
-}
 
 fn plan(case: &str) -> Plan {
     let dir = format!("{}/../plan/tests/golden/{case}", env!("CARGO_MANIFEST_DIR"));
@@ -72,9 +45,13 @@ fn listing(nft: &Nft) -> String {
 
 #[test]
 fn apply_then_verify_replace_and_detect_drift() {
-    if !inside_netns("apply_then_verify_replace_and_detect_drift") {
-        return;
-    }
+    in_netns(
+        "apply_then_verify_replace_and_detect_drift",
+        apply_then_verify_replace_and_detect_drift_body,
+    );
+}
+
+fn apply_then_verify_replace_and_detect_drift_body() {
     for nft in nfts() {
         let example = plan("example");
         let script = example.nft.render();
@@ -106,14 +83,17 @@ fn apply_then_verify_replace_and_detect_drift() {
         nft.apply(&script).unwrap();
         nft.verify(&example.nft).unwrap().unwrap();
     }
-    println!("{DONE}");
 }
 
 #[test]
 fn a_refused_script_leaves_the_running_ruleset_byte_identical() {
-    if !inside_netns("a_refused_script_leaves_the_running_ruleset_byte_identical") {
-        return;
-    }
+    in_netns(
+        "a_refused_script_leaves_the_running_ruleset_byte_identical",
+        a_refused_script_leaves_the_running_ruleset_byte_identical_body,
+    );
+}
+
+fn a_refused_script_leaves_the_running_ruleset_byte_identical_body() {
     for nft in nfts() {
         let example = plan("example");
         nft.apply(&example.nft.render()).unwrap();
@@ -134,14 +114,17 @@ fn a_refused_script_leaves_the_running_ruleset_byte_identical() {
         );
         nft.verify(&example.nft).unwrap().unwrap();
     }
-    println!("{DONE}");
 }
 
 #[test]
 fn addresses_learned_from_dns_survive_a_replace() {
-    if !inside_netns("addresses_learned_from_dns_survive_a_replace") {
-        return;
-    }
+    in_netns(
+        "addresses_learned_from_dns_survive_a_replace",
+        addresses_learned_from_dns_survive_a_replace_body,
+    );
+}
+
+fn addresses_learned_from_dns_survive_a_replace_body() {
     for nft in nfts() {
         let example = plan("example");
         nft.apply(&example.nft.render()).unwrap();
@@ -152,5 +135,4 @@ fn addresses_learned_from_dns_survive_a_replace() {
         assert!(dns.contains("192.0.2.7"), "{dns}");
         nft.verify(&example.nft).unwrap().unwrap();
     }
-    println!("{DONE}");
 }

@@ -6,16 +6,9 @@
 //! the only proof that apply works on a kernel.
 #![allow(clippy::unwrap_used)]
 
-use std::process::Command;
-
 use router_plan::sysctl::{Phase, Sysctl};
+use router_sys::netns::in_netns;
 use router_sys::sysctl::{Change, SysctlError, Sysctls};
-
-/// Set in the child: run the body instead of spawning.
-const IN_NETNS: &str = "ROUTERD_IN_NETNS";
-/// Printed by the child after its body passed, so a child that ran no test
-/// (a wrong filter) cannot look like success.
-const MARKER: &str = "ROUTERD-NETNS-BODY-PASSED";
 
 const FORWARD: &str = "net/ipv4/ip_forward";
 const RP: &str = "net/ipv4/conf/all/rp_filter";
@@ -27,45 +20,6 @@ fn set(path: &str, value: &str, phase: Phase) -> Sysctl {
         reason: "netns test".into(),
         phase,
     }
-}
-
-/// Runs `body` in a private network namespace: in the child directly, in the
-/// parent by re-executing this test binary under `unshare -rn`.
-fn in_netns(test: &str, body: fn()) {
-    if std::env::var_os(IN_NETNS).is_some() {
-        body();
-        println!("{MARKER} {test}");
-        return;
-    }
-    let host = Sysctls::default();
-    let host_forward = host.read(FORWARD).unwrap();
-    let exe = std::env::current_exe().unwrap();
-    let out = Command::new("unshare")
-        .args(["--user", "--map-root-user", "--net"])
-        .arg(&exe)
-        .args(["--exact", test, "--nocapture", "--test-threads=1"])
-        .env(IN_NETNS, "1")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run `unshare` (util-linux) for {test}: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "{test} failed in `unshare -rn` ({}). If unshare itself failed, unprivileged \
-         user namespaces are not permitted here (user.max_user_namespaces, \
-         kernel.unprivileged_userns_clone, AppArmor restrict_unprivileged_userns) \
-         and this test cannot prove apply against the kernel.\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        out.status
-    );
-    assert!(
-        stdout.contains(&format!("{MARKER} {test}")),
-        "{test}: the child exited 0 without running the body\n--- stdout\n{stdout}"
-    );
-    assert_eq!(
-        host.read(FORWARD).unwrap(),
-        host_forward,
-        "the host's own {FORWARD} changed"
-    );
 }
 
 #[test]
