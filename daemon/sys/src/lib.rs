@@ -7,3 +7,6 @@ pub mod facts;
 pub mod netns;
 pub mod nft;
 pub mod sysctl;
+
+#[cfg(test)]
+mod testutil;

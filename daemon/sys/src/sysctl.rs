@@ -340,37 +340,14 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::TempDir;
     use std::fs;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    /// A fresh directory under the system temp dir, removed on drop.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new() -> Self {
-            static COUNT: AtomicUsize = AtomicUsize::new(0);
-            let n = COUNT.fetch_add(1, Ordering::Relaxed);
-            let dir =
-                std::env::temp_dir().join(format!("router-sys-sysctl-{}-{n}", std::process::id()));
-            let _ = fs::remove_dir_all(&dir);
-            fs::create_dir_all(&dir).unwrap();
-            Self(dir)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
 
     /// A fake sysctl tree with the given files and values.
     fn tree(files: &[(&str, &str)]) -> (TempDir, Sysctls) {
         let dir = TempDir::new();
         for (path, value) in files {
-            let file = dir.0.join(path);
-            fs::create_dir_all(file.parent().unwrap()).unwrap();
-            fs::write(&file, format!("{value}\n")).unwrap();
+            dir.file(path, &format!("{value}\n"));
         }
         let sysctls = Sysctls::new(&dir.0);
         (dir, sysctls)
