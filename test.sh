@@ -15,6 +15,11 @@ command -v nft >/dev/null || need+=(nftables)
 command -v dnsmasq >/dev/null || need+=(dnsmasq-base)
 command -v unshare >/dev/null || need+=(util-linux)
 command -v ip >/dev/null || need+=(iproute2)
+# Network-namespace tests: conntrack reads the router's flow table, sipp is
+# the phone's SIP user agent, tcpdump captures what crosses the wire.
+command -v conntrack >/dev/null || need+=(conntrack)
+command -v sipp >/dev/null || need+=(sip-tester)
+command -v tcpdump >/dev/null || need+=(tcpdump)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing ${need[*]}"
   as_root apt-get update -qq
@@ -26,11 +31,12 @@ if command -v rustup >/dev/null; then
 fi
 
 # The router ships Debian trixie's userland (nft 1.1.3, dnsmasq 2.91); the host
-# may have older ones. Tests that set ROUTERD_TRIXIE_ROOT also run them there.
+# may have older ones. Tests that set ROUTERD_TRIXIE_ROOT also run them there;
+# busybox provides the WAN DHCP client (udhcpc).
 export ROUTERD_TRIXIE_ROOT=${ROUTERD_TRIXIE_ROOT:-/var/cache/routerd/trixie-test-root}
 echo "== trixie root filesystem for tests: $ROUTERD_TRIXIE_ROOT"
 as_root mkdir -p "$(dirname "$ROUTERD_TRIXIE_ROOT")"
-as_root image/trixie-root.sh "$ROUTERD_TRIXIE_ROOT" nftables dnsmasq-base
+as_root image/trixie-root.sh "$ROUTERD_TRIXIE_ROOT" nftables dnsmasq-base busybox
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
