@@ -22,6 +22,12 @@ pub struct HostFacts {
     /// `nf_conntrack_max` read-only, even for root, so it is left alone there.
     #[serde(default = "yes")]
     pub conntrack_sizing: bool,
+    /// The WAN has an IPv4 address (static, or a DHCP lease). While it has
+    /// none, the phones' traffic to the WAN is held back: a flow that went out
+    /// before NAT had an address would stay tied to a stale mapping and the
+    /// phone would never re-register.
+    #[serde(default = "yes")]
+    pub wan_up: bool,
     /// Where routerd keeps state that survives reboots (DHCP leases).
     #[serde(default = "default_state_dir")]
     pub state_dir: String,
@@ -55,6 +61,7 @@ impl HostFacts {
             vlan: true,
             memory_mib: default_memory(),
             conntrack_sizing: true,
+            wan_up: true,
             state_dir: default_state_dir(),
             run_dir: default_run_dir(),
         }

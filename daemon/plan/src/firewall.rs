@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 
 use ipnet::IpNet;
 use router_config::model::{LanEgress, PhoneEgress, WanMode, WifiEgress};
-use router_config::Checked;
+use router_config::{Checked, HostFacts};
 
 use crate::dhcp::{VENDOR_SET_V4, VENDOR_SET_V6};
 use crate::net::{Network, Role};
@@ -34,8 +34,8 @@ const WAN_PING_LIMIT: &str = "limit rate 10/second burst 20 packets";
 const REJECT: &str = "counter reject with icmpx admin-prohibited";
 
 /// The ruleset for this config.
-pub fn ruleset(checked: &Checked, nets: &[Network]) -> Ruleset {
-    let fw = Firewall::new(checked, nets);
+pub fn ruleset(checked: &Checked, nets: &[Network], facts: &HostFacts) -> Ruleset {
+    let fw = Firewall::new(checked, nets, facts.wan_up);
     let mut table = Table::new(TABLE);
     table.sets = fw.sets();
     table.ct_timeouts = fw.ct_timeouts();
@@ -58,6 +58,8 @@ struct Firewall<'a> {
     checked: &'a Checked,
     nets: &'a [Network],
     wan: String,
+    /// The WAN has an address (facts.wan_up).
+    wan_up: bool,
     /// Names of the sets the policy yields (a family without addresses has none).
     set_names: BTreeSet<String>,
 }
@@ -103,11 +105,12 @@ fn anon<T: Ord + ToString>(items: impl IntoIterator<Item = T>) -> String {
 }
 
 impl<'a> Firewall<'a> {
-    fn new(checked: &'a Checked, nets: &'a [Network]) -> Self {
+    fn new(checked: &'a Checked, nets: &'a [Network], wan_up: bool) -> Self {
         let mut fw = Self {
             checked,
             nets,
             wan: checked.config.wan.interface.clone(),
+            wan_up,
             set_names: BTreeSet::new(),
         };
         fw.set_names = fw.sets().into_iter().map(|s| s.name).collect();
@@ -401,6 +404,21 @@ impl<'a> Firewall<'a> {
             "ct helper \"sip\" counter drop",
             "spec F2: no SIP ALG; no packet of a flow with a SIP helper is forwarded",
         );
+        if !self.wan_up {
+            for n in self.nets.iter().filter(|n| n.role != Role::Lan) {
+                c.rule(
+                    format!(
+                        "iifname {} oifname {} counter drop",
+                        quote(&n.ifname),
+                        quote(&self.wan)
+                    ),
+                    format!(
+                        "facts.wan_up = false: {} traffic waits until the WAN has an address (no stale NAT, spec F1)",
+                        n.role.path()
+                    ),
+                );
+            }
+        }
         c.rule(
             "ct state vmap { invalid : drop, established : accept, related : accept }",
             "spec F7: established and related pass, invalid is dropped; the rest is denied",

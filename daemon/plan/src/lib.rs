@@ -84,7 +84,7 @@ pub fn compile(checked: &Checked, facts: &HostFacts) -> Result<Plan, Vec<Diagnos
     diags.dedup();
     Ok(Plan {
         policy: format!("{} {}", checked.policy.provider, checked.policy.version),
-        nft: firewall::ruleset(checked, &nets),
+        nft: firewall::ruleset(checked, &nets, facts),
         sysctls: sysctl::sysctls(checked, &nets, facts),
         links: links::links(checked, &nets),
         dhcp: dhcp::dhcp(checked, &nets, facts),
