@@ -40,6 +40,8 @@ pub struct Sysctl {
 /// about 350 bytes, so 64 per MiB spends ~2% of memory on the table: enough
 /// for an office (a call is 2-4 flows) without starving a small router.
 const CONNTRACK_PER_MIB: u64 = 64;
+/// The kernel's default `nf_conntrack_udp_timeout_stream`, in seconds.
+const KERNEL_UDP_STREAM_TIMEOUT: u64 = 120;
 /// Never below the kernel's own small-machine default.
 const CONNTRACK_MIN: u64 = 4096;
 /// Beyond this a small office router only gives a flood more room.
@@ -54,7 +56,7 @@ pub fn sysctls(checked: &Checked, nets: &[Network], facts: &HostFacts) -> Vec<Sy
     out.extend(forwarding(nets));
     out.extend(hardening());
     out.extend(reverse_path(checked, nets));
-    out.extend(conntrack(facts));
+    out.extend(conntrack(checked, facts));
     out.extend(ipv6_per_interface(checked, nets));
     out.sort_by(|a, b| (a.phase, &a.path).cmp(&(b.phase, &b.path)));
     // Two networks on one interface are a validation error; keep the first anyway.
@@ -188,13 +190,31 @@ fn router_interfaces(checked: &Checked, nets: &[Network]) -> Vec<(String, String
 /// connections would break across a routerd restart (spec F7).
 /// `nf_conntrack_helper` no longer exists on kernel 6.x; helpers (and so the
 /// SIP ALG, spec F2) are only attached by explicit firewall rules.
-fn conntrack(facts: &HostFacts) -> Vec<Sysctl> {
-    let mut out = vec![set(
-        "net/netfilter/nf_conntrack_acct",
-        1,
-        "per-flow byte and packet counters for routerctl status",
-        Phase::BeforeFirewall,
-    )];
+///
+/// The phones' flows get their timeout from the ruleset's ct timeout policies
+/// (spec F3). Replacing the table (a reload) destroys those objects, and the
+/// kernel then strips the policy from the flows that were using it: they
+/// fall back to `nf_conntrack_udp_timeout_stream` (120 s by default). So that
+/// sysctl is raised to the longest UDP timeout the config asks for.
+fn conntrack(checked: &Checked, facts: &HostFacts) -> Vec<Sysctl> {
+    let stream = checked
+        .phone_udp_timeout
+        .max(checked.epdg_udp_timeout)
+        .max(KERNEL_UDP_STREAM_TIMEOUT);
+    let mut out = vec![
+        set(
+            "net/netfilter/nf_conntrack_acct",
+            1,
+            "per-flow byte and packet counters for routerctl status",
+            Phase::BeforeFirewall,
+        ),
+        set(
+            "net/netfilter/nf_conntrack_udp_timeout_stream",
+            stream,
+            "conntrack.phone_udp_timeout (spec F3): flows whose ct timeout policy went with a replaced table keep this long",
+            Phase::BeforeFirewall,
+        ),
+    ];
     if facts.conntrack_sizing {
         out.push(set(
             "net/netfilter/nf_conntrack_max",
