@@ -54,6 +54,7 @@ pub enum FactsError {
 /// - `conntrack_sizing`: `<proc>/sys/net/netfilter/nf_conntrack_max` is
 ///   writable by its mode; the kernel makes it 0444 outside the machine's own
 ///   network namespace.
+/// - `wan_up`: true; routerd, which knows the WAN and its lease, sets it.
 pub fn read_host_facts(
     sys_root: &Path,
     proc_root: &Path,
@@ -65,6 +66,7 @@ pub fn read_host_facts(
         vlan: proc_root.join("net/vlan").exists() || sys_root.join("module/8021q").exists(),
         memory_mib: memory_mib(proc_root)?,
         conntrack_sizing: conntrack_max_writable(proc_root),
+        wan_up: true,
         state_dir: state_dir.to_string(),
         run_dir: run_dir.to_string(),
     })
