@@ -10,6 +10,7 @@
 use std::fmt::Write as _;
 
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 /// The name of the table routerd owns and replaces.
 pub const TABLE: &str = "routerd";
@@ -174,7 +175,31 @@ pub fn quote(s: &str) -> String {
 impl Ruleset {
     /// The script for `nft -f`: one transaction that replaces the owned table
     /// and refreshes the persistent one.
+    ///
+    /// The owned table carries the ruleset's [fingerprint](Self::fingerprint)
+    /// as its comment, so a running routerd can tell that the kernel already
+    /// holds exactly this ruleset and leave it (and its flows' ct timeout
+    /// policies) alone.
     pub fn render(&self) -> String {
+        self.render_with(Some(&self.fingerprint()))
+    }
+
+    /// The first 16 hex digits of the SHA-256 of the script without its
+    /// fingerprint: changes whenever any rule, set or object changes.
+    pub fn fingerprint(&self) -> String {
+        let digest = Sha256::digest(self.render_with(None).as_bytes());
+        digest.iter().take(8).fold(String::new(), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+    }
+
+    /// The table comment that carries `fingerprint`.
+    pub fn table_comment(fingerprint: &str) -> String {
+        format!("routerd plan {fingerprint}")
+    }
+
+    fn render_with(&self, fingerprint: Option<&str>) -> String {
         let mut out = String::new();
         for h in &self.header {
             let _ = writeln!(out, "# {h}");
@@ -182,7 +207,7 @@ impl Ruleset {
         let t = &self.table.name;
         let _ = writeln!(out, "add table inet {t}");
         let _ = writeln!(out, "delete table inet {t}");
-        render_table(&mut out, &self.table);
+        render_table(&mut out, &self.table, fingerprint);
         render_persistent(&mut out, &self.dns_table);
         out
     }
@@ -210,8 +235,11 @@ fn render_set_body(set: &Set, sep: &str) -> String {
     parts.join(sep)
 }
 
-fn render_table(out: &mut String, table: &Table) {
+fn render_table(out: &mut String, table: &Table, fingerprint: Option<&str>) {
     let _ = writeln!(out, "table inet {} {{", table.name);
+    if let Some(fp) = fingerprint {
+        let _ = writeln!(out, "\tcomment {}\n", quote(&Ruleset::table_comment(fp)));
+    }
     for ct in &table.ct_timeouts {
         let policy: Vec<String> = ct
             .policy

@@ -2,6 +2,13 @@
 //! kernel settings that do not forward anything, then the ruleset (one nft
 //! transaction) and its read-back, and only then forwarding, so no packet is
 //! ever routed before NAT and the firewall are live.
+//!
+//! A ruleset that the kernel already holds (the owned table carries the
+//! plan's fingerprint and reads back as the plan) is adopted, not loaded
+//! again: replacing the table would destroy its ct timeout objects, and the
+//! kernel strips a destroyed policy from the flows using it (the phones'
+//! flows would fall back to the sysctl timeouts). So a restart of routerd
+//! leaves every flow as it was.
 
 use router_plan::sysctl::Phase;
 use router_plan::Plan;
@@ -34,6 +41,8 @@ pub enum ApplyError {
 pub struct Report {
     /// Settings written, in order.
     pub sysctl_changes: Vec<Change>,
+    /// The ruleset was loaded (false: the running one already matched).
+    pub ruleset_loaded: bool,
 }
 
 /// Applies the firewall and kernel-settings parts of a plan, then verifies them.
@@ -44,7 +53,14 @@ pub fn apply(plan: &Plan, nft: &Nft, sysctls: &Sysctls) -> Result<Report, ApplyE
             .apply(&plan.sysctls, Phase::BeforeFirewall)
             .map_err(ApplyError::BeforeFirewall)?,
     );
-    nft.apply(&plan.nft.render()).map_err(ApplyError::Ruleset)?;
+    let same = nft
+        .running_fingerprint(&plan.nft.table.name)
+        .map_err(ApplyError::ReadBack)?
+        == Some(plan.nft.fingerprint());
+    if !same || nft.verify(&plan.nft).map_err(ApplyError::ReadBack)?.is_err() {
+        nft.apply(&plan.nft.render()).map_err(ApplyError::Ruleset)?;
+        report.ruleset_loaded = true;
+    }
     nft.verify(&plan.nft)
         .map_err(ApplyError::ReadBack)?
         .map_err(ApplyError::Verify)?;

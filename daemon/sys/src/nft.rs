@@ -134,6 +134,20 @@ impl Nft {
         }
     }
 
+    /// The fingerprint the loaded owned table carries in its comment (see
+    /// `Ruleset::fingerprint`); `None` when the table is missing, has no
+    /// such comment, or this nft does not list table comments (1.0.6).
+    pub fn running_fingerprint(&self, table: &str) -> Result<Option<String>, NftError> {
+        let Some(items) = self.list(table)? else {
+            return Ok(None);
+        };
+        let prefix = Ruleset::table_comment("");
+        Ok(items.iter().find_map(|item| {
+            let comment = item.get("table")?.get("comment")?.as_str()?;
+            comment.strip_prefix(&prefix).map(str::to_string)
+        }))
+    }
+
     /// Compares what is loaded with the plan.
     pub fn verify(&self, ruleset: &Ruleset) -> Result<Result<(), Drift>, NftError> {
         let mut drift = Vec::new();
