@@ -20,6 +20,9 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v conntrack >/dev/null || need+=(conntrack)
 command -v sipp >/dev/null || need+=(sip-tester)
 command -v tcpdump >/dev/null || need+=(tcpdump)
+# The lab's small peers (tests/lab/*.py) and signals to routerd and udhcpc.
+[ -x /usr/bin/python3 ] || need+=(python3)
+[ -x /bin/kill ] || [ -x /usr/bin/kill ] || need+=(procps)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing ${need[*]}"
   as_root apt-get update -qq

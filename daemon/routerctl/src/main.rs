@@ -1,5 +1,9 @@
 //! `routerctl`: the router's command line. The offline verbs (check, print,
 //! capacity, schema) need no root and touch nothing: they read files and print.
+//! The online verbs (status, apply, reload, dhcp-event) talk to a running
+//! routerd over its control socket (see `online.rs`).
+
+mod online;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -22,6 +26,9 @@ const INSTALLED_POLICY: &str = "/etc/routerd/provider-policy.toml";
     about = "Check, print and size the router's configuration"
 )]
 struct Cli {
+    /// routerd's control socket (online verbs).
+    #[arg(long, global = true, default_value = "/run/routerd/control.sock")]
+    socket: PathBuf,
     #[command(subcommand)]
     verb: Verb,
 }
@@ -71,6 +78,27 @@ enum Verb {
         #[arg(long)]
         policy: Option<PathBuf>,
     },
+    /// The running router: WAN, addresses, plan, last apply and errors.
+    Status {
+        /// Print the raw JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply a new config to the running router: checked, planned and applied
+    /// atomically, then saved; refused with every problem if it does not check.
+    Apply {
+        /// The new router config (TOML).
+        config: PathBuf,
+    },
+    /// Make the running router re-read its config file (like SIGHUP).
+    Reload,
+    /// Hand an event of the WAN DHCP client (udhcpc) to routerd; the lease
+    /// is read from the environment udhcpc sets. Run by the client's script.
+    #[command(hide = true)]
+    DhcpEvent {
+        /// deconfig, bound, renew, leasefail or nak.
+        event: String,
+    },
     /// Print the JSON Schema of the router config, or of the provider policy.
     Schema {
         /// `config` or `policy`.
@@ -81,7 +109,7 @@ enum Verb {
 
 /// A failure that stops the command; printed once, exit status 2.
 #[derive(Debug)]
-struct Fatal(String);
+pub(crate) struct Fatal(pub(crate) String);
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
@@ -95,6 +123,10 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode, Fatal> {
     match cli.verb {
+        Verb::Status { json } => online::status(&cli.socket, json),
+        Verb::Apply { config } => online::apply(&cli.socket, &config),
+        Verb::Reload => online::reload(&cli.socket),
+        Verb::DhcpEvent { event } => online::dhcp_event(&cli.socket, &event),
         Verb::Check { inputs, facts } => check(&inputs, facts.as_deref()),
         Verb::Print {
             inputs,

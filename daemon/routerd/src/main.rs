@@ -1,17 +1,23 @@
 //! `routerd`: owns the router's networking. It checks the config, compiles the
 //! plan and applies it through router-sys, the only code that touches the
 //! kernel. A config that does not check is refused before anything is touched.
+//!
+//! Without `--once` it stays running: it supervises dnsmasq and the WAN DHCP
+//! client, follows the WAN, answers `routerctl` on its control socket and
+//! reloads on SIGHUP (see `daemon.rs`).
 
-use std::path::{Path, PathBuf};
+mod daemon;
+mod load;
+
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use router_config::{Diagnostic, HostFacts};
 use router_sys::nft::Nft;
 use router_sys::sysctl::Sysctls;
+use tracing_subscriber::EnvFilter;
 
-/// Where a provider policy replaced at run time lives.
-const INSTALLED_POLICY: &str = "/etc/routerd/provider-policy.toml";
+use crate::load::{chain, Inputs};
 
 #[derive(Debug, Parser)]
 #[command(name = "routerd", version, about = "The router daemon")]
@@ -25,24 +31,79 @@ struct Args {
     /// Host facts file instead of reading them from the kernel.
     #[arg(long)]
     facts: Option<PathBuf>,
-    /// Apply the plan once, verify it, and exit.
+    /// Apply the plan once, verify it, and exit (no helpers are started).
     #[arg(long)]
     once: bool,
-    /// Where kernel settings live (default /proc/sys).
+    /// Where kernel settings live.
     #[arg(long, default_value = "/proc/sys")]
     sysctl_root: PathBuf,
     /// The nft command, e.g. `chroot /root nft` (split on spaces).
     #[arg(long, default_value = "nft")]
     nft: String,
+    /// The dnsmasq command (split on spaces).
+    #[arg(long, default_value = "dnsmasq")]
+    dnsmasq: String,
+    /// The WAN DHCP client command (split on spaces).
+    #[arg(long, default_value = "busybox udhcpc")]
+    dhcp_client: String,
+    /// routerctl, run by the DHCP client's event script (default: next to routerd).
+    #[arg(long)]
+    routerctl: Option<String>,
+    /// Run-time files and the control socket.
+    #[arg(long, default_value = "/run/routerd")]
+    run_dir: String,
+    /// State that survives reboots (DHCP leases).
+    #[arg(long, default_value = "/var/lib/routerd")]
+    state_dir: String,
+}
+
+fn words(s: &str) -> Vec<String> {
+    s.split_whitespace().map(str::to_string).collect()
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if !args.once {
-        eprintln!("routerd: only --once (apply, verify, exit) is available in this version");
-        return ExitCode::from(2);
-    }
-    match run(&args) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("ROUTERD_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+    let inputs = Inputs {
+        config: args.config.clone(),
+        policy: args.policy.clone(),
+        facts: args.facts.clone(),
+        state_dir: args.state_dir.clone(),
+        run_dir: args.run_dir.clone(),
+    };
+    let result = if args.once {
+        once(&args, &inputs)
+    } else {
+        let routerctl = args.routerctl.clone().unwrap_or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(|d| d.join("routerctl")))
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "routerctl".into())
+        });
+        let programs = daemon::Programs {
+            nft: words(&args.nft),
+            dnsmasq: words(&args.dnsmasq),
+            dhcp_client: words(&args.dhcp_client),
+            routerctl,
+            sysctl_root: args.sysctl_root.clone(),
+        };
+        match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt.block_on(daemon::run(inputs, programs)),
+            Err(e) => Err(format!("cannot start the runtime: {e}")),
+        }
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(msg) => {
             eprintln!("routerd: {msg}");
@@ -51,75 +112,50 @@ fn main() -> ExitCode {
     }
 }
 
-fn read(path: &Path, what: &str) -> Result<String, String> {
-    std::fs::read_to_string(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))
-}
-
-fn refused(what: &str, diags: &[Diagnostic]) -> String {
-    let lines: Vec<String> = diags.iter().map(|d| format!("  {d}")).collect();
-    format!("{what} refused, nothing changed:\n{}", lines.join("\n"))
-}
-
-/// Every error chain printed once, outermost first.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push_str(&format!(": {c}"));
-        cause = c.source();
-    }
-    out
-}
-
-fn run(args: &Args) -> Result<(), String> {
-    let policy_text = match &args.policy {
-        Some(p) => read(p, "provider policy")?,
-        None if Path::new(INSTALLED_POLICY).exists() => {
-            read(Path::new(INSTALLED_POLICY), "provider policy")?
-        }
-        None => router_config::FACTORY_POLICY.to_string(),
-    };
-    let policy = router_config::parse_policy(&policy_text)
-        .map_err(|d| refused("the provider policy is invalid;", &d))?;
-    let (config, mut diags) = router_config::parse_config(&read(&args.config, "config")?);
-    let checked = match config.map(|c| router_config::check(c, policy)) {
-        Some(Ok(c)) if diags.is_empty() => c,
-        Some(Ok(c)) => {
-            diags.extend(c.warnings);
-            return Err(refused(&format!("{}", args.config.display()), &diags));
-        }
-        Some(Err(more)) => {
-            diags.extend(more);
-            return Err(refused(&format!("{}", args.config.display()), &diags));
-        }
-        None => return Err(refused(&format!("{}", args.config.display()), &diags)),
-    };
+/// `--once`: check, plan, apply, verify, exit.
+fn once(args: &Args, inputs: &Inputs) -> Result<(), String> {
+    let policy = load::policy(inputs)?;
+    let text = load::read(&args.config, "config")?;
+    let checked = load::check(&text, policy)
+        .map_err(|d| load::refused(&format!("{}", args.config.display()), &d))?;
     for w in &checked.warnings {
         eprintln!("routerd: {w}");
     }
-    let facts: HostFacts = match &args.facts {
-        Some(p) => router_config::parse_facts(&read(p, "host facts")?)
-            .map_err(|d| refused("the host facts are invalid;", &d))?,
-        None => router_sys::facts::read_host_facts(
-            Path::new("/sys"),
-            Path::new("/proc"),
-            "/var/lib/routerd",
-            "/run/routerd",
-        )
-        .map_err(|e| chain(&e))?,
-    };
+    let facts = load::facts(inputs)?;
     let plan = router_plan::compile(&checked, &facts)
-        .map_err(|d| refused(&format!("{} on this host", args.config.display()), &d))?;
-    let nft = Nft::new(args.nft.split_whitespace().map(str::to_string).collect());
+        .map_err(|d| load::refused(&format!("{} on this host", args.config.display()), &d))?;
+    let links = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?
+        .block_on(async {
+            let netlink = router_sys::links::Netlink::open().map_err(|e| chain(&e))?;
+            let changes = netlink.apply(&plan.links).await.map_err(|e| chain(&e))?;
+            let drift = netlink.verify(&plan.links).await.map_err(|e| chain(&e))?;
+            if drift.is_empty() {
+                Ok(changes)
+            } else {
+                Err(format!("links do not match the plan: {}", drift.join("; ")))
+            }
+        })?;
+    for c in &links {
+        eprintln!("routerd: {c}");
+    }
+    let nft = Nft::new(words(&args.nft));
     let sysctls = Sysctls::new(args.sysctl_root.clone());
     let report = router_sys::apply::apply(&plan, &nft, &sysctls).map_err(|e| chain(&e))?;
     for c in &report.sysctl_changes {
         eprintln!("routerd: {} {} -> {}", c.path, c.old, c.new);
     }
     println!(
-        "routerd: applied and verified (provider policy {}, {} settings changed)",
+        "routerd: applied and verified (provider policy {}, {} settings changed, ruleset {})",
         plan.policy,
-        report.sysctl_changes.len()
+        report.sysctl_changes.len(),
+        if report.ruleset_loaded {
+            "loaded"
+        } else {
+            "already in place"
+        }
     );
     Ok(())
 }

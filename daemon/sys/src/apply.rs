@@ -57,7 +57,12 @@ pub fn apply(plan: &Plan, nft: &Nft, sysctls: &Sysctls) -> Result<Report, ApplyE
         .running_fingerprint(&plan.nft.table.name)
         .map_err(ApplyError::ReadBack)?
         == Some(plan.nft.fingerprint());
-    if !same || nft.verify(&plan.nft).map_err(ApplyError::ReadBack)?.is_err() {
+    if !same
+        || nft
+            .verify(&plan.nft)
+            .map_err(ApplyError::ReadBack)?
+            .is_err()
+    {
         nft.apply(&plan.nft.render()).map_err(ApplyError::Ruleset)?;
         report.ruleset_loaded = true;
     }
