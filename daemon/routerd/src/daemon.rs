@@ -467,6 +467,7 @@ impl Router {
             SuperviseOpts {
                 pidfile: Some(PathBuf::from(format!("{run}/udhcpc.pid"))),
                 pidfile_by_child: true,
+                same_program: router_sys::dhcpc::same_client,
                 ..SuperviseOpts::default()
             },
         ));

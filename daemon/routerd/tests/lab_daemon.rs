@@ -18,8 +18,8 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use lab::{
-    Lab, Ns, Peer, ISP_ADDR, ISP_ROUTER_IF, PHONE_ADDR, PROVIDER_SIP, ROUTER_STRICT_TOML,
-    ROUTER_TOML, WAN_ADDR,
+    Lab, Ns, Peer, INTERNET_HOST, ISP_ADDR, ISP_ROUTER_IF, PHONE_ADDR, PROVIDER_SIP,
+    ROUTER_STRICT_TOML, ROUTER_TOML, WAN_ADDR,
 };
 use serde_json::Value;
 
@@ -203,7 +203,7 @@ fn wan_by_dhcp_and_an_address_change_leaves_no_stale_phone_flow() {
         return;
     };
     let first = isp_dhcp(&lab, WAN_ADDR);
-    let _routerd = start_routerd(&lab);
+    let routerd = start_routerd(&lab);
     let s = wait_status(&lab, "WAN lease", Duration::from_secs(40), |s| {
         wan_addresses(s) == [format!("{WAN_ADDR}/24")]
     });
@@ -257,6 +257,48 @@ fn wan_by_dhcp_and_an_address_change_leaves_no_stale_phone_flow() {
         flows.iter().any(|f| f.line.contains("203.0.113.20")),
         "{flows:?}"
     );
+
+    // routerd killed: the new one adopts the lease (the client asks for the
+    // address the WAN has), replaces the old client, and nothing changes.
+    let kill = std::process::Command::new("kill")
+        .args(["-9", &routerd.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    drop(routerd);
+    let mut again = start_routerd(&lab);
+    let applied = again.wait_for("applied and verified", Duration::from_secs(5));
+    assert!(applied.contains("changes=0"), "{applied}");
+    wait_status(
+        &lab,
+        "the lease after the restart",
+        Duration::from_secs(30),
+        |s| !s["wan"]["lease"].is_null(),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(clients(&lab), 1, "{}", again.output());
+    let s = status(&lab);
+    assert_eq!(wan_addresses(&s), ["203.0.113.20/24"], "{s:#}");
+    assert!(
+        s["wan"]["last_change_unix"].is_null(),
+        "the WAN changed: {s:#}"
+    );
+}
+
+/// How many DHCP clients run in the router namespace.
+fn clients(lab: &Lab) -> usize {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "pids", &lab.name(Ns::Router)])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains("udhcpc"))
+                .unwrap_or(false)
+        })
+        .count()
 }
 
 /// `routerctl apply` with a bad config: refused with the problem and its
@@ -389,4 +431,130 @@ fn kill_9_and_restart_during_a_udp_stream_loses_no_packet() {
         .cloned()
         .unwrap();
     assert_eq!(dnsmasq["running"], true, "{s:#}");
+}
+
+/// Vendor provisioning (policy vendor_provisioning, spec port table): a
+/// phone may reach a vendor's provisioning server only once the router's
+/// DNS (dnsmasq, which fills the firewall's set) has resolved one of the
+/// vendor domains to it, and only on the vendor ports. The learned address
+/// survives a config apply that replaces the ruleset.
+#[test]
+fn vendor_provisioning_opens_once_the_router_resolves_the_domain() {
+    let upstream = "192.0.2.53";
+    let config = ROUTER_TOML.replace(
+        "dns = [\"203.0.113.53\"]",
+        &format!("dns = [\"{upstream}\"]"),
+    );
+    assert_ne!(config, ROUTER_TOML);
+    let Some(lab) = Lab::build(&config) else {
+        return;
+    };
+    lab.sh(Ns::Provider, &format!("ip addr add {upstream}/32 dev lo"));
+    let mut dns = lab.spawn(
+        Ns::Provider,
+        &[
+            "dnsmasq",
+            "--no-daemon",
+            "--conf-file=/dev/null",
+            &format!("--listen-address={upstream}"),
+            "--bind-interfaces",
+            "--no-resolv",
+            "--no-hosts",
+            &format!("--address=/provisioning.snom.com/{INTERNET_HOST}"),
+            "--pid-file=",
+        ],
+    );
+    dns.wait_for("started", Duration::from_secs(10));
+    let _routerd = start_routerd(&lab);
+    let _listener = lab.listen(Ns::Provider, &[443, 8080], &[]);
+    let before = lab.probe(Ns::Phone, INTERNET_HOST, &["tcp:443"]);
+    assert!(
+        !before[0].answered(),
+        "reached before any lookup: {before:?}"
+    );
+
+    let out = lab.exec(
+        Ns::Phone,
+        &[
+            "/usr/bin/python3",
+            &lab::lab_file("dns.py").to_string_lossy(),
+            "--server",
+            lab::PHONES_ROUTER,
+            "--name",
+            "provisioning.snom.com",
+        ],
+    );
+    let answer = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        answer.contains(&format!("answer {INTERNET_HOST}")),
+        "the router's DNS did not resolve the vendor domain: {answer}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let root = lab::trixie_root().unwrap();
+    let set = lab.exec(
+        Ns::Router,
+        &[
+            "chroot",
+            &root.to_string_lossy(),
+            "nft",
+            "list",
+            "set",
+            "inet",
+            "routerd_dns",
+            "vendor_v4",
+        ],
+    );
+    let set = String::from_utf8_lossy(&set.stdout).into_owned();
+    assert!(
+        set.contains(&format!("{INTERNET_HOST} expires")),
+        "dnsmasq did not fill the vendor set: {set}"
+    );
+    let after = lab.probe(Ns::Phone, INTERNET_HOST, &["tcp:443", "tcp:8080"]);
+    assert_eq!(after[0].seen(), Some(WAN_ADDR), "{after:?}");
+    assert!(!after[1].answered(), "a non-vendor port opened: {after:?}");
+
+    // A config apply that replaces the ruleset keeps what DNS taught it.
+    let strict = ROUTER_STRICT_TOML.replace(
+        "dns = [\"203.0.113.53\"]",
+        &format!("dns = [\"{upstream}\"]"),
+    );
+    let file = lab.run_dir().with_file_name("strict.toml");
+    std::fs::write(&file, strict).unwrap();
+    let out = routerctl(&lab, &["apply", &file.to_string_lossy()]);
+    assert!(text(&out).contains("ruleset loaded"), "{}", text(&out));
+    let kept = lab.probe(Ns::Phone, INTERNET_HOST, &["tcp:443"]);
+    assert!(kept[0].answered(), "{kept:?}");
+}
+
+/// What the kernel loses, routerd puts back: a deleted default route and a
+/// deleted address of the phone network return within seconds (rtnetlink
+/// events), and `routerctl status` shows no error.
+#[test]
+fn a_deleted_route_and_address_come_back() {
+    let Some(lab) = Lab::build(ROUTER_TOML) else {
+        return;
+    };
+    let _routerd = start_routerd(&lab);
+    lab.sh(
+        Ns::Router,
+        &format!(
+            "ip route del default
+             ip addr del {}/24 dev {}",
+            lab::PHONES_ROUTER,
+            lab::PHONES_IF
+        ),
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let routes = lab.sh(Ns::Router, "ip -4 route show; ip -4 addr show");
+        if routes.contains(&format!("default via {ISP_ADDR}"))
+            && routes.contains(&format!("inet {}/24", lab::PHONES_ROUTER))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not put back:\n{routes}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(status(&lab)["last_error"].is_null());
+    assert!(lab.probe(Ns::Phone, PROVIDER_SIP, &["udp:5060"]).len() == 1);
 }

@@ -69,6 +69,27 @@ pub fn argv(
     argv
 }
 
+/// Whether a leftover process runs the client `argv` starts: the same
+/// command apart from the address it asks for (`-r`), which changes with the
+/// lease. Used to stop the client a killed routerd left running.
+pub fn same_client(cmdline: &[String], argv: &[String]) -> bool {
+    fn without_request(argv: &[String]) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut skip = false;
+        for a in argv {
+            if skip {
+                skip = false;
+            } else if a == "-r" {
+                skip = true;
+            } else {
+                out.push(a.clone());
+            }
+        }
+        out
+    }
+    crate::supervise::same_command(&without_request(cmdline), &without_request(argv))
+}
+
 /// The script udhcpc runs at each event: it hands the event (`$1`) to
 /// routerd; `routerctl dhcp-event` reads the lease from its environment.
 pub fn script(routerctl_path: &str, socket: &str) -> String {
@@ -220,6 +241,23 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn a_leftover_client_asking_for_another_address_is_still_ours() {
+        let before = argv(&[], "eth0", "/run/s", "/run/p", None);
+        let after = argv(
+            &[],
+            "eth0",
+            "/run/s",
+            "/run/p",
+            Some("203.0.113.20".parse().unwrap()),
+        );
+        assert!(same_client(&before, &after));
+        assert!(same_client(&after, &before));
+        let other_if = argv(&[], "eth1", "/run/s", "/run/p", None);
+        assert!(!same_client(&other_if, &after));
+        assert!(!crate::supervise::same_command(&before, &after));
     }
 
     /// What busybox 1.37 udhcpc hands the script at `bound`.

@@ -58,6 +58,10 @@ pub struct SuperviseOpts {
     pub backoff_reset_after: Duration,
     /// How long a child has to exit after SIGTERM before it gets SIGKILL.
     pub stop_timeout: Duration,
+    /// Whether a leftover process's command line (first argument) shows the
+    /// same program as `argv` (second): [`same_command`] unless a program's
+    /// arguments legitimately change between starts (udhcpc's `-r`).
+    pub same_program: fn(&[String], &[String]) -> bool,
 }
 
 impl Default for SuperviseOpts {
@@ -65,6 +69,7 @@ impl Default for SuperviseOpts {
         Self {
             pidfile: None,
             pidfile_by_child: false,
+            same_program: same_command,
             backoff_initial: Duration::from_millis(200),
             backoff_max: Duration::from_secs(30),
             backoff_reset_after: Duration::from_secs(60),
@@ -171,7 +176,7 @@ async fn run(
     control: mpsc::UnboundedReceiver<Control>,
 ) {
     if let Some(pidfile) = &opts.pidfile {
-        stop_leftover(&name, &argv, pidfile, opts.stop_timeout).await;
+        stop_leftover(&name, &argv, pidfile, opts.stop_timeout, opts.same_program).await;
     }
     let mut task = Task {
         delay: opts.backoff_initial,
@@ -453,7 +458,13 @@ pub fn same_command(cmdline: &[String], argv: &[String]) -> bool {
 
 /// Stops a process left from before a restart of routerd: the pid in
 /// `pidfile`, but only if it still runs the same command.
-async fn stop_leftover(name: &str, argv: &[String], pidfile: &Path, timeout: Duration) {
+async fn stop_leftover(
+    name: &str,
+    argv: &[String],
+    pidfile: &Path,
+    timeout: Duration,
+    same_command: fn(&[String], &[String]) -> bool,
+) {
     let text = match std::fs::read_to_string(pidfile) {
         Ok(text) => text,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return,
