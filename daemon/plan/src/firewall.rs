@@ -708,13 +708,13 @@ impl<'a> Firewall<'a> {
         let mut c = Chain::base("vendor_mark", "filter", "forward", "filter - 10", "accept");
         let mark = format!("meta mark set meta mark | 0x{MARK_VENDOR:08x}");
         c.rule(
-            format!("ip daddr @{VENDOR_SET_V4} {mark}"),
-            "policy vendor_provisioning: mark packets to vendor provisioning servers",
+            format!("ct state new ip daddr @{VENDOR_SET_V4} {mark}"),
+            "policy vendor_provisioning: mark new connections to vendor provisioning servers (only their first packet is judged)",
         );
         if v6 {
             c.rule(
-                format!("ip6 daddr @{VENDOR_SET_V6} {mark}"),
-                "policy vendor_provisioning: mark packets to vendor provisioning servers (IPv6)",
+                format!("ct state new ip6 daddr @{VENDOR_SET_V6} {mark}"),
+                "policy vendor_provisioning: mark new connections to vendor provisioning servers (IPv6)",
             );
         }
         t.chains.push(c);
