@@ -152,3 +152,38 @@ fn capacity_refuses_a_bad_rate_by_name() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("--down: `5MB`: rates are in bits"));
 }
+
+#[test]
+fn online_verbs_without_a_running_routerd_say_so_and_exit_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("control.sock");
+    let socket = socket.to_string_lossy();
+    for verb in [&["status"][..], &["reload"][..]] {
+        let mut args = vec!["--socket", &socket];
+        args.extend_from_slice(verb);
+        let out = routerctl(&args);
+        assert_eq!(out.status.code(), Some(2), "{verb:?}");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("cannot reach routerd at") && err.contains("is it running?"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn a_dhcp_event_without_its_environment_names_what_is_missing() {
+    let out = Command::new(env!("CARGO_BIN_EXE_routerctl"))
+        .args([
+            "--socket",
+            "/nonexistent/control.sock",
+            "dhcp-event",
+            "bound",
+        ])
+        .env_clear()
+        .output()
+        .expect("routerctl runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("DHCP client event `bound`"), "{err}");
+}
