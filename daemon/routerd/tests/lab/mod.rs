@@ -25,8 +25,8 @@
 //!   8021q); `pc` on the data LAN.
 //!
 //! The API:
-//! - [`Lab::start`]: [`Lab::build`] + [`Lab::address_router_ports`] +
-//!   [`Lab::run_router_once`], or `None` (after printing "skipped") when the
+//! - [`Lab::start`]: [`Lab::build`] + [`Lab::run_router_once`] (routerd
+//!   addresses its own ports), or `None` (after printing "skipped") when the
 //!   trixie root or root privileges are missing.
 //! - [`Lab::build`] makes the topology and writes the config, without starting
 //!   anything in `rt`; [`Lab::router_argv`] wraps any routerd arguments in the
@@ -308,12 +308,12 @@ fn text(out: &Output) -> String {
 }
 
 impl Lab {
-    /// Builds the lab, gives the router's ports their addresses and runs
-    /// `routerd --once` with `config_toml`; panics with routerd's output if it
+    /// Builds the lab and runs `routerd --once` with `config_toml` (routerd
+    /// brings up and addresses the router's ports itself); panics with routerd's output if it
     /// fails. `None` (after printing "skipped") when the lab cannot run here.
     pub fn start(config_toml: &str) -> Option<Lab> {
         let lab = Lab::build(config_toml)?;
-        lab.address_router_ports(Wan::Static);
+        // routerd sets up its own ports (links, addresses, the default route).
         let out = lab.run_router_once();
         assert!(
             out.status.success(),
