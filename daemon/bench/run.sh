@@ -119,6 +119,8 @@ cat >"$work/facts.toml" <<EOF
 interfaces = ["eth0", "eth1", "eth2"]
 vlan = false
 conntrack_sizing = false
+# The host kernel has no fq_codel: the shaper uses FIFO leaves.
+fq_codel = false
 state_dir = "$work/state"
 run_dir = "$work/run"
 EOF

@@ -28,6 +28,11 @@ pub struct HostFacts {
     /// phone would never re-register.
     #[serde(default = "yes")]
     pub wan_up: bool,
+    /// The kernel has the fq_codel queue discipline. The shaper's classes
+    /// then queue in fq_codel (fair queueing with AQM); without it they fall
+    /// back to plain FIFOs and the plan warns.
+    #[serde(default = "yes")]
+    pub fq_codel: bool,
     /// Where routerd keeps state that survives reboots (DHCP leases).
     #[serde(default = "default_state_dir")]
     pub state_dir: String,
@@ -51,7 +56,8 @@ fn default_run_dir() -> String {
 
 impl HostFacts {
     /// Facts assumed when none are given (offline `routerctl print`): every
-    /// interface the config names exists, VLANs work, 512 MiB of memory.
+    /// interface the config names exists, VLANs work, 512 MiB of memory,
+    /// fq_codel is available.
     pub fn assumed(interfaces: impl IntoIterator<Item = String>) -> Self {
         let mut interfaces: Vec<String> = interfaces.into_iter().collect();
         interfaces.sort();
@@ -62,6 +68,7 @@ impl HostFacts {
             memory_mib: default_memory(),
             conntrack_sizing: true,
             wan_up: true,
+            fq_codel: true,
             state_dir: default_state_dir(),
             run_dir: default_run_dir(),
         }

@@ -247,6 +247,7 @@ impl<'a> Firewall<'a> {
             self.forward(),
             self.dstnat(),
             self.srcnat(),
+            self.qos(),
             self.input_wan(),
         ];
         chains.extend(self.nets.iter().map(|n| self.input_net(n)));
@@ -254,7 +255,84 @@ impl<'a> Firewall<'a> {
         for n in self.nets {
             chains.extend(self.fwd_net(n));
         }
+        chains.push(self.qos_egress());
         chains
+    }
+
+    /// Every packet leaving by the WAN passes `qos_egress` before the
+    /// filter, while its source network is still known (NAT comes later).
+    fn qos(&self) -> Chain {
+        let mut c = Chain::base("qos", "filter", "forward", "mangle", "accept");
+        c.rule(
+            format!("oifname {} jump qos_egress", quote(&self.wan)),
+            "spec B3: what leaves by the WAN is classified for the upload shaper before NAT",
+        );
+        c
+    }
+
+    /// Voice for the upload shaper: the packet priority names the shaper's
+    /// voice class, which HTB takes without a tc filter; RTP and SIP leave
+    /// with the DSCP the provider's network expects.
+    fn qos_egress(&self) -> Chain {
+        let mut c = Chain::regular("qos_egress");
+        let voice = crate::qos::VOICE_CLASS;
+        let priority = format!("meta priority set {voice}");
+        let ports = crate::qos::voice_ports(&self.checked.policy);
+        let sip_tcp = ports.sip_tcp();
+        let sip: Vec<String> = ports
+            .sip
+            .iter()
+            .map(|(proto, range)| format!("{proto} . {range}"))
+            .collect();
+        let families = |n: &Network, v4: &str, v6: &str| -> Vec<(&'static str, String)> {
+            let mut out = Vec::new();
+            if self.has_set(v4) {
+                out.push(("ip", v4.to_string()));
+            }
+            if n.ipv6 && self.has_set(v6) {
+                out.push(("ip6", v6.to_string()));
+            }
+            out
+        };
+        if let Some(p) = self.phones() {
+            let from = quote(&p.ifname);
+            for (fam, set) in families(p, "provider_v4", "provider_v6") {
+                c.rule(
+                    format!("iifname {from} {fam} daddr @{set} meta l4proto udp {priority}"),
+                    format!("spec B3: phone calls (SIP, RTP over UDP) to the provider take the voice class {voice}"),
+                );
+                if !sip_tcp.is_empty() {
+                    c.rule(
+                        format!("iifname {from} {fam} daddr @{set} tcp dport {} {priority}", anon(&sip_tcp)),
+                        format!("spec B3: SIP over TCP/TLS to the provider takes the voice class {voice}"),
+                    );
+                }
+                if !ports.rtp.is_empty() {
+                    c.rule(
+                        format!(
+                            "iifname {from} {fam} daddr @{set} udp dport {} {fam} dscp set ef",
+                            anon(&ports.rtp)
+                        ),
+                        "spec B3: RTP (sound) to the provider leaves marked DSCP EF",
+                    );
+                }
+                if !sip.is_empty() {
+                    c.rule(
+                        format!("iifname {from} {fam} daddr @{set} meta l4proto . th dport {} {fam} dscp set cs3", anon(&sip)),
+                        "spec B3: SIP to the provider leaves marked DSCP CS3",
+                    );
+                }
+            }
+        }
+        if let Some(w) = self.wifi_calling_net() {
+            for (fam, set) in families(w, "epdg_v4", "epdg_v6") {
+                c.rule(
+                    format!("iifname {} {fam} daddr @{set} {priority}", quote(&w.ifname)),
+                    format!("spec B4, W1: Wi-Fi calls (IKE, NAT-T, ESP) to the ePDGs take the voice class {voice}"),
+                );
+            }
+        }
+        c
     }
 
     /// Conntrack timeouts are set on a flow's first packet, before it is confirmed.

@@ -80,6 +80,8 @@ pub fn compile(checked: &Checked, facts: &HostFacts) -> Result<Plan, Vec<Diagnos
         return Err(diags);
     }
     diags.extend(checked.warnings.iter().cloned());
+    let qos = qos::qos_for(checked, facts);
+    diags.extend(qos.warnings.iter().cloned());
     diags.sort_by(|a, b| (a.severity, &a.path, &a.message).cmp(&(b.severity, &b.path, &b.message)));
     diags.dedup();
     Ok(Plan {
@@ -88,7 +90,7 @@ pub fn compile(checked: &Checked, facts: &HostFacts) -> Result<Plan, Vec<Diagnos
         sysctls: sysctl::sysctls(checked, &nets, facts),
         links: links::links(checked, &nets),
         dhcp: dhcp::dhcp(checked, &nets, facts),
-        qos: qos::qos(checked),
+        qos,
         warnings: diags,
     })
 }

@@ -1,120 +1,1289 @@
-//! Shaping rates and the voice reservation derived from the line (spec B1-B4).
+//! The WAN shaper (spec B1-B4): rates from the line, and the tc tree that
+//! guarantees voice its share of both directions.
 //!
 //! The router shapes just below the line's rates so the queue forms here,
-//! where voice can jump it, and not in the modem. The voice class is
-//! guaranteed `calls x per-call bandwidth on the wire` in each direction.
-//! This module computes the figures; the tc tree built from them, and its
-//! classification, are applied by routerd.
+//! where voice can jump it, and not in the modem. Each direction is one HTB
+//! tree, counted in bytes on the line (a size table adds the framing's
+//! overhead and, for ADSL, pads to whole ATM cells):
+//!
+//! ```text
+//! 1:   htb, default 1:20, size table for line.framing
+//! └ 1:1   the line: rate = ceil = 95 % of the line rate
+//!   ├ 1:10  voice: prio 0, rate = calls x one call on the wire, ceil = the line
+//!   │ └ 10:   fq_codel (a FIFO when the kernel lacks fq_codel)
+//!   └ 1:20  bulk: prio 1, rate = the rest, ceil = the line
+//!     └ 20:   fq_codel
+//! ```
+//!
+//! Upload is shaped on the WAN port. Download is redirected from the WAN's
+//! ingress to an IFB twin (`ifb-<wan>`) and shaped there.
+//!
+//! Classification:
+//! - upload: after NAT every packet has the WAN's source address, so tc
+//!   cannot tell a phone from a PC. The firewall decides before NAT, where the
+//!   source network is still known: its `qos_egress` chain sets the packet's
+//!   priority to [`VOICE_CLASS`] for traffic from the phone network to the
+//!   provider ranges (UDP, and SIP over TCP/TLS) and from the Wi-Fi-calling
+//!   network to the ePDGs; HTB puts a packet whose priority names one of its
+//!   leaf classes straight into that class, with no tc filter. The same chain
+//!   marks RTP DSCP EF and SIP DSCP CS3 for the provider's network.
+//! - download: u32 filters on the IFB match the source address (the provider
+//!   ranges with UDP or the SIP TCP ports, the ePDGs). DSCP from the internet
+//!   is not trusted.
+//!
+//! Everything here is pure: `router-sys` (`tc.rs`) applies it over netlink.
 
-use router_config::line::voice_wire_bps;
-use router_config::model::Framing;
+use std::fmt;
+use std::fmt::Write as _;
+
+use ipnet::IpNet;
+use router_config::line::{voice_ip_bps, voice_wire_bps};
+use router_config::model::{Framing, Protocol};
+use router_config::policy::{PortRange, ProviderPolicy};
 use router_config::units::format_rate;
-use router_config::Checked;
+use router_config::{Checked, Diagnostic, HostFacts};
 use serde::Serialize;
 
 /// Share of the line rate the shaper uses: below the modem's rate so the
 /// bottleneck queue is ours (the same margin sqm-scripts recommends).
 pub const SHAPE_PERCENT: u64 = 95;
 
-/// The QoS plan.
+/// Share of the shaper always left to bulk traffic, so TCP acknowledgements,
+/// DNS and the PCs keep moving however many calls are configured.
+pub const BULK_MIN_PERCENT: u64 = 5;
+
+/// The smallest rate a class is given, bit/s (HTB needs a rate above zero).
+pub const MIN_RATE_BPS: u64 = 8_000;
+
+/// Bytes the kernel counts in a packet's length on the WAN port and on its
+/// IFB: the 14-byte Ethernet header. The size table's overhead is the line's
+/// per-packet overhead minus these.
+pub const KERNEL_L2_HEADER: i32 = 14;
+
+/// The largest IP packet the shaper plans for (the WAN's MTU).
+pub const MAX_IP_PACKET: u64 = 1500;
+
+/// A class may send this much time at its rate in one burst (and at least
+/// one full-size packet): short, so the modem's queue stays short too.
+pub const BURST_MICROS: u64 = 1_000;
+
+/// The HTB qdisc of both trees.
+pub const ROOT: Handle = Handle::new(1, 0);
+/// The class holding the whole line.
+pub const LINE_CLASS: Handle = Handle::new(1, 1);
+/// The voice class. The firewall sets this as the packet priority.
+pub const VOICE_CLASS: Handle = Handle::new(1, 0x10);
+/// The bulk class, HTB's default.
+pub const BULK_CLASS: Handle = Handle::new(1, 0x20);
+/// The voice class's queue.
+pub const VOICE_LEAF: Handle = Handle::new(0x10, 0);
+/// The bulk class's queue.
+pub const BULK_LEAF: Handle = Handle::new(0x20, 0);
+/// The WAN's ingress qdisc.
+pub const INGRESS: Handle = Handle::new(0xffff, 0);
+/// The filter preference of the WAN ingress redirect to the IFB.
+pub const REDIRECT_PREF: u16 = 1;
+/// The first filter preference of the download classifiers; one each.
+pub const FIRST_FILTER_PREF: u16 = 10;
+
+/// A tc handle or class id, `major:minor`, printed in hex as tc does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Handle {
+    /// The qdisc number.
+    pub major: u16,
+    /// The class within it (0 for the qdisc itself).
+    pub minor: u16,
+}
+
+impl Handle {
+    /// `major:minor`.
+    pub const fn new(major: u16, minor: u16) -> Self {
+        Self { major, minor }
+    }
+
+    /// The kernel's 32-bit form, `major << 16 | minor`.
+    pub fn as_u32(self) -> u32 {
+        (u32::from(self.major) << 16) | u32::from(self.minor)
+    }
+}
+
+impl fmt::Display for Handle {
+    /// `1:10`, `1:`, `ffff:`, as tc prints them.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.minor == 0 {
+            write!(f, "{:x}:", self.major)
+        } else {
+            write!(f, "{:x}:{:x}", self.major, self.minor)
+        }
+    }
+}
+
+/// The QoS plan: both shapers, the IFB and the redirect feeding it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct QosPlan {
-    /// The WAN interface shaped on egress; ingress is shaped on its IFB twin.
+    /// The WAN interface, shaped on egress.
     pub wan: String,
-    /// Line framing: decides overhead and ATM cell accounting.
+    /// The IFB device the WAN's ingress is redirected to and shaped on.
+    pub ifb: String,
+    /// Line framing: decides the size table.
     pub framing: Framing,
-    /// Upload direction.
-    pub egress: Direction,
-    /// Download direction.
-    pub ingress: Direction,
-    /// Calls the voice class is sized for.
+    /// Calls asked for (`line.calls`, or what the line carries).
     pub calls: u64,
-    /// Per-call bit/s on the wire with this framing.
+    /// Whether `line.calls` was given (otherwise the voice class holds as
+    /// many calls as fit, without a warning).
+    pub calls_configured: bool,
+    /// Bit/s of one G.711 call on the wire with this framing.
     pub per_call_bps: u64,
+    /// Bit/s of one call by the provider's rule (spec B1).
+    pub spec_per_call_bps: u64,
+    /// Bit/s of one Wi-Fi call (spec B4); Wi-Fi calls share the voice class.
+    pub wifi_per_call_bps: u64,
+    /// Upload: the WAN port's root.
+    pub egress: Shaper,
+    /// Download: the IFB's root.
+    pub ingress: Shaper,
+    /// The WAN ingress redirect to the IFB.
+    pub redirect: Redirect,
+    /// What the shaper cannot do as asked (calls that do not fit, no fq_codel).
+    pub warnings: Vec<Diagnostic>,
 }
 
-/// One direction of the shaper.
+/// Which way a shaper works.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Direction {
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Upload, on the WAN port.
+    Egress,
+    /// Download, on the IFB.
+    Ingress,
+}
+
+impl Direction {
+    fn config_path(self) -> &'static str {
+        match self {
+            Direction::Egress => "line.up",
+            Direction::Ingress => "line.down",
+        }
+    }
+
+    fn word(self) -> &'static str {
+        match self {
+            Direction::Egress => "upload",
+            Direction::Ingress => "download",
+        }
+    }
+}
+
+/// One direction's HTB tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Shaper {
+    /// Upload or download.
+    pub direction: Direction,
+    /// The device whose root it is: the WAN, or its IFB.
+    pub device: String,
     /// The line's rate in bit/s.
     pub line_bps: u64,
-    /// The shaper's rate in bit/s.
+    /// The shaper's rate in bit/s, counted on the line.
     pub shape_bps: u64,
-    /// Guaranteed to the voice class, bit/s (at most the shaper rate).
-    pub voice_bps: u64,
+    /// Calls the voice class holds in this direction.
+    pub voice_calls: u64,
+    /// The root qdisc's size table: what the line costs per packet.
+    pub size_table: SizeTable,
+    /// Where unclassified packets go.
+    pub default_class: Handle,
+    /// The classes, parents before children.
+    pub classes: Vec<HtbClass>,
+    /// One queue per leaf class.
+    pub leaves: Vec<Leaf>,
+    /// u32 classifiers on the root (download only; upload is classified by
+    /// the firewall).
+    pub filters: Vec<U32Filter>,
 }
 
-fn direction(line_bps: u64, voice_bps: u64) -> Direction {
-    let shape_bps = line_bps * SHAPE_PERCENT / 100;
-    Direction {
-        line_bps,
-        shape_bps,
-        voice_bps: voice_bps.min(shape_bps),
+impl Shaper {
+    /// The class with this id.
+    pub fn class(&self, id: Handle) -> Option<&HtbClass> {
+        self.classes.iter().find(|c| c.classid == id)
+    }
+
+    /// Bit/s guaranteed to voice.
+    pub fn voice_bps(&self) -> u64 {
+        self.class(VOICE_CLASS).map_or(0, |c| c.rate_bps)
     }
 }
 
-/// The QoS plan for this config.
+/// How the line carries a packet, for the size table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkLayer {
+    /// Bytes as they are, plus the overhead.
+    Ethernet,
+    /// Padded to whole 53-byte ATM cells of 48 bytes each (ADSL).
+    Atm,
+    /// 64/65 encoding (VDSL2 PTM).
+    Ptm,
+}
+
+/// A qdisc size table (`stab`): the kernel replaces each packet's length
+/// with what it costs on the line before the shaper counts it.
+///
+/// The kernel computes `len + overhead`, then (with a table) looks up
+/// `data[len + overhead - 1]` (`cell_log` 0, `cell_align` -1). The table is
+/// computed here, so framings tc has no keyword for (PTM) work the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SizeTable {
+    /// Bytes added to the kernel's packet length (may be negative).
+    pub overhead: i32,
+    /// How the line pads a packet.
+    pub linklayer: LinkLayer,
+}
+
+impl SizeTable {
+    /// Packet lengths the table covers one by one; longer (GSO) packets are
+    /// charged by the kernel's extrapolation.
+    pub const MTU: u32 = 2048;
+
+    /// The table for a framing on an Ethernet WAN port.
+    pub fn for_framing(framing: Framing) -> Self {
+        let linklayer = if framing.is_atm() {
+            LinkLayer::Atm
+        } else if framing == Framing::VdslPtm {
+            LinkLayer::Ptm
+        } else {
+            LinkLayer::Ethernet
+        };
+        Self {
+            overhead: i32::try_from(framing.overhead_bytes()).unwrap_or(i32::MAX)
+                - KERNEL_L2_HEADER,
+            linklayer,
+        }
+    }
+
+    /// Entries in the table: none when only the overhead is added.
+    pub fn tsize(&self) -> u32 {
+        match self.linklayer {
+            LinkLayer::Ethernet => 0,
+            LinkLayer::Atm | LinkLayer::Ptm => Self::MTU,
+        }
+    }
+
+    /// `cell_align` of the kernel's lookup: the table's first entry is for
+    /// a one-byte packet.
+    pub fn cell_align(&self) -> i16 {
+        if self.tsize() == 0 {
+            0
+        } else {
+            -1
+        }
+    }
+
+    /// The `linklayer` number the kernel stores with the table (only
+    /// informational there): 1 Ethernet, 2 ATM. PTM is a table tc has no
+    /// name for, stored as Ethernet.
+    pub fn kernel_linklayer(&self) -> u32 {
+        match self.linklayer {
+            LinkLayer::Atm => 2,
+            LinkLayer::Ethernet | LinkLayer::Ptm => 1,
+        }
+    }
+
+    /// Bytes on the line for `len` bytes after the overhead.
+    fn pad(&self, len: u64) -> u64 {
+        match self.linklayer {
+            LinkLayer::Ethernet => len,
+            LinkLayer::Atm => len.div_ceil(48) * 53,
+            LinkLayer::Ptm => (len * 65).div_ceil(64),
+        }
+    }
+
+    /// The table: entry `i` is the cost of `i + 1` bytes.
+    pub fn data(&self) -> Vec<u16> {
+        (1..=u64::from(self.tsize()))
+            .map(|len| u16::try_from(self.pad(len)).unwrap_or(u16::MAX))
+            .collect()
+    }
+
+    /// What the kernel charges for a packet of `kernel_len` bytes with this
+    /// table, computed the way the kernel does (`__qdisc_calculate_pkt_len`).
+    pub fn charged(&self, kernel_len: u64) -> u64 {
+        let len = i64::try_from(kernel_len).unwrap_or(i64::MAX) + i64::from(self.overhead);
+        let tsize = u64::from(self.tsize());
+        if tsize == 0 {
+            return u64::try_from(len.max(1)).unwrap_or(1);
+        }
+        let slot = u64::try_from((len + i64::from(self.cell_align())).max(0)).unwrap_or(0);
+        let data = self.data();
+        let at = |i: u64| u64::from(data[usize::try_from(i).unwrap_or(0)]);
+        let cost = if slot < tsize {
+            at(slot)
+        } else {
+            at(tsize - 1) * (slot / tsize) + at(slot % tsize)
+        };
+        cost.max(1)
+    }
+}
+
+/// One HTB class.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HtbClass {
+    /// Its id.
+    pub classid: Handle,
+    /// Its parent: the qdisc, or a class.
+    pub parent: Handle,
+    /// Guaranteed bit/s (on the line).
+    pub rate_bps: u64,
+    /// Bit/s it may reach by borrowing.
+    pub ceil_bps: u64,
+    /// Bytes it may send at once at `rate`.
+    pub burst: u32,
+    /// Bytes it may send at once at `ceil`.
+    pub cburst: u32,
+    /// Bytes served per round among classes of the same priority.
+    pub quantum: u32,
+    /// 0 is served first, also when borrowing.
+    pub prio: u32,
+    /// The config path or spec line it implements.
+    pub why: String,
+}
+
+/// The queue in a leaf class.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Leaf {
+    /// The class it serves.
+    pub parent: Handle,
+    /// Its own handle.
+    pub handle: Handle,
+    /// The queue discipline.
+    pub kind: LeafKind,
+    /// The config path or spec line it implements.
+    pub why: String,
+}
+
+/// A leaf's queue discipline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LeafKind {
+    /// Fair queueing per flow with CoDel AQM.
+    FqCodel {
+        /// Acceptable standing queue delay, microseconds.
+        target_us: u32,
+        /// Window over which the delay is judged, microseconds.
+        interval_us: u32,
+    },
+    /// A FIFO of at most `limit` packets.
+    Pfifo {
+        /// Packets.
+        limit: u32,
+    },
+    /// A FIFO of at most `limit` bytes.
+    Bfifo {
+        /// Bytes.
+        limit: u32,
+    },
+}
+
+impl LeafKind {
+    /// The kernel's name of the qdisc.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LeafKind::FqCodel { .. } => "fq_codel",
+            LeafKind::Pfifo { .. } => "pfifo",
+            LeafKind::Bfifo { .. } => "bfifo",
+        }
+    }
+}
+
+/// The link-layer protocol a filter applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EtherType {
+    /// Every packet.
+    All,
+    /// IPv4.
+    Ip,
+    /// IPv6.
+    Ipv6,
+}
+
+impl EtherType {
+    /// The Ethernet protocol number (host order).
+    pub fn value(self) -> u16 {
+        match self {
+            EtherType::All => 0x0003,
+            EtherType::Ip => 0x0800,
+            EtherType::Ipv6 => 0x86dd,
+        }
+    }
+
+    fn word(self) -> &'static str {
+        match self {
+            EtherType::All => "all",
+            EtherType::Ip => "ip",
+            EtherType::Ipv6 => "ipv6",
+        }
+    }
+}
+
+/// One u32 match: the 32-bit word at `off` bytes into the network header,
+/// masked, equals `val`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct U32Key {
+    /// Byte offset from the start of the IP header.
+    pub off: i32,
+    /// The wanted value (already masked).
+    pub val: u32,
+    /// The bits compared.
+    pub mask: u32,
+}
+
+/// A u32 classifier: all keys match -> the packet goes to `classid`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct U32Filter {
+    /// Its preference (one filter per preference, so each can be replaced alone).
+    pub pref: u16,
+    /// What it applies to.
+    pub protocol: EtherType,
+    /// The matches.
+    pub keys: Vec<U32Key>,
+    /// Where a matching packet goes.
+    pub classid: Handle,
+    /// The matches as tc would write them.
+    pub matches: String,
+    /// The config path or spec line it implements.
+    pub why: String,
+}
+
+/// The WAN's ingress qdisc with one filter redirecting every packet to the IFB.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Redirect {
+    /// The WAN.
+    pub from: String,
+    /// The IFB.
+    pub to: String,
+    /// The filter's preference.
+    pub pref: u16,
+}
+
+/// The provider's voice ports, from its port table: the lines whose
+/// function names SIP or RTP.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct VoicePorts {
+    /// SIP: (protocol, port or range).
+    pub sip: Vec<(Protocol, PortRange)>,
+    /// RTP (UDP).
+    pub rtp: Vec<PortRange>,
+}
+
+impl VoicePorts {
+    /// Single SIP ports over TCP (SIP and SIP over TLS), sorted.
+    pub fn sip_tcp(&self) -> Vec<u16> {
+        let mut ports: Vec<u16> = self
+            .sip
+            .iter()
+            .filter(|(p, r)| *p == Protocol::Tcp && r.first == r.last)
+            .map(|(_, r)| r.first)
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+    }
+}
+
+/// The voice ports of `policy`'s port table.
+pub fn voice_ports(policy: &ProviderPolicy) -> VoicePorts {
+    let mut out = VoicePorts::default();
+    for pp in &policy.phone_ports {
+        if pp.function.contains("SIP") {
+            out.sip.push((pp.protocol, pp.ports));
+        } else if pp.function.contains("RTP") && pp.protocol == Protocol::Udp {
+            out.rtp.push(pp.ports);
+        }
+    }
+    out.sip.sort();
+    out.sip.dedup();
+    out.rtp.sort();
+    out.rtp.dedup();
+    out
+}
+
+/// The IFB twin of `wan`: `ifb-<wan>`, cut to the kernel's 15 characters.
+pub fn ifb_name(wan: &str) -> String {
+    format!("ifb-{wan}").chars().take(15).collect()
+}
+
+/// The QoS plan on a host with fq_codel, the kernel the router ships.
+/// [`qos_for`] is the same for any host.
 pub fn qos(checked: &Checked) -> QosPlan {
+    build(checked, true)
+}
+
+/// The QoS plan for this config on this host: leaves are fq_codel when
+/// `facts.fq_codel`, FIFOs (with a warning) otherwise.
+pub fn qos_for(checked: &Checked, facts: &HostFacts) -> QosPlan {
+    build(checked, facts.fq_codel)
+}
+
+fn build(checked: &Checked, fq_codel: bool) -> QosPlan {
     let framing = checked.config.line.framing;
     let per_call_bps = voice_wire_bps(framing, false);
-    let voice = checked.calls * per_call_bps;
-    QosPlan {
-        wan: checked.config.wan.interface.clone(),
+    let wan = checked.config.wan.interface.clone();
+    let ifb = ifb_name(&wan);
+    let calls_configured = checked.config.line.calls.is_some();
+    let mut warnings = Vec::new();
+    let sizing = Sizing {
         framing,
-        egress: direction(checked.up_bps, voice),
-        ingress: direction(checked.down_bps, voice),
         calls: checked.calls,
         per_call_bps,
+        calls_configured,
+        fq_codel,
+    };
+    let egress = sizing.shaper(Direction::Egress, &wan, checked.up_bps, Vec::new());
+    let ingress = sizing.shaper(
+        Direction::Ingress,
+        &ifb,
+        checked.down_bps,
+        download_filters(&checked.policy),
+    );
+    for s in [&egress, &ingress] {
+        if calls_configured && s.voice_calls < checked.calls {
+            warnings.push(Diagnostic::warning(
+                "line.calls",
+                format!(
+                    "{} calls need {} on the wire, but the {} shaper ({}, {SHAPE_PERCENT}% of {}) keeps at most {} for voice: the voice class holds {} calls, the others are not protected from bulk traffic (spec B2)",
+                    checked.calls,
+                    format_rate(checked.calls * per_call_bps),
+                    s.direction.word(),
+                    format_rate(s.shape_bps),
+                    s.direction.config_path(),
+                    format_rate(sizing.voice_room(s.shape_bps)),
+                    s.voice_calls,
+                ),
+            ));
+        }
     }
+    if !fq_codel {
+        warnings.push(Diagnostic::warning(
+            "line",
+            "this router's kernel has no fq_codel: the shaper's classes queue in plain FIFOs; voice keeps its guarantee, but bulk traffic gets no fair queueing and no AQM",
+        ));
+    }
+    QosPlan {
+        redirect: Redirect {
+            from: wan.clone(),
+            to: ifb.clone(),
+            pref: REDIRECT_PREF,
+        },
+        wan,
+        ifb,
+        framing,
+        calls: checked.calls,
+        calls_configured,
+        per_call_bps,
+        spec_per_call_bps: checked.capacity.spec_per_call_bps,
+        wifi_per_call_bps: checked.wifi_per_call_bps,
+        egress,
+        ingress,
+        warnings,
+    }
+}
+
+/// Everything one direction's sizing needs.
+struct Sizing {
+    framing: Framing,
+    calls: u64,
+    per_call_bps: u64,
+    calls_configured: bool,
+    fq_codel: bool,
+}
+
+/// `bps` rounded down to whole bytes per second (what the kernel stores).
+fn whole_bytes(bps: u64) -> u64 {
+    bps / 8 * 8
+}
+
+impl Sizing {
+    /// Bytes one full-size packet costs on the line.
+    fn max_frame(&self) -> u32 {
+        u32::try_from(self.framing.wire_bytes(MAX_IP_PACKET)).unwrap_or(u32::MAX)
+    }
+
+    /// The most the voice class may be guaranteed under a shaper of `shape_bps`.
+    fn voice_room(&self, shape_bps: u64) -> u64 {
+        let bulk_min = whole_bytes(shape_bps * BULK_MIN_PERCENT / 100).max(MIN_RATE_BPS);
+        shape_bps.saturating_sub(bulk_min)
+    }
+
+    /// `burst` for a class at `bps`: [`BURST_MICROS`] of sending, at least
+    /// one full-size packet.
+    fn burst(&self, bps: u64) -> u32 {
+        let at_rate = u32::try_from(bps / 8 * BURST_MICROS / 1_000_000).unwrap_or(u32::MAX);
+        at_rate.max(self.max_frame())
+    }
+
+    fn shaper(
+        &self,
+        direction: Direction,
+        device: &str,
+        line_bps: u64,
+        filters: Vec<U32Filter>,
+    ) -> Shaper {
+        let shape_bps = whole_bytes(line_bps * SHAPE_PERCENT / 100).max(2 * MIN_RATE_BPS);
+        let fit = self.voice_room(shape_bps) / self.per_call_bps.max(1);
+        let voice_calls = self.calls.min(fit);
+        let voice_bps = (voice_calls * self.per_call_bps).max(MIN_RATE_BPS);
+        let bulk_bps = shape_bps.saturating_sub(voice_bps).max(MIN_RATE_BPS);
+        let quantum = self.max_frame();
+        let line = format!(
+            "{}: the line's {}, shaped at {SHAPE_PERCENT}% so the queue is ours, not the modem's",
+            direction.config_path(),
+            direction.word()
+        );
+        let source = if self.calls_configured {
+            "line.calls".to_string()
+        } else {
+            "line.calls unset: what the line carries".to_string()
+        };
+        let fits = if voice_calls < self.calls {
+            format!("; only {voice_calls} of {} fit", self.calls)
+        } else {
+            String::new()
+        };
+        let voice_why = format!(
+            "spec B2: voice, {voice_calls} calls x {} ({source}{fits}), prio 0, may borrow",
+            format_rate(self.per_call_bps)
+        );
+        let class = |classid, parent, rate_bps, prio, why: String| HtbClass {
+            classid,
+            parent,
+            rate_bps,
+            ceil_bps: shape_bps,
+            burst: self.burst(rate_bps),
+            cburst: self.burst(shape_bps),
+            quantum,
+            prio,
+            why,
+        };
+        let classes = vec![
+            class(LINE_CLASS, ROOT, shape_bps, 0, line),
+            class(VOICE_CLASS, LINE_CLASS, voice_bps, 0, voice_why),
+            class(
+                BULK_CLASS,
+                LINE_CLASS,
+                bulk_bps,
+                1,
+                "spec B3: everything else, fairly: what voice leaves, at least 5% of the shaper"
+                    .to_string(),
+            ),
+        ];
+        let leaves = self.leaves(shape_bps, voice_calls);
+        Shaper {
+            direction,
+            device: device.to_string(),
+            line_bps,
+            shape_bps,
+            voice_calls,
+            size_table: SizeTable::for_framing(self.framing),
+            default_class: BULK_CLASS,
+            classes,
+            leaves,
+            filters,
+        }
+    }
+
+    fn leaves(&self, shape_bps: u64, voice_calls: u64) -> Vec<Leaf> {
+        if self.fq_codel {
+            // CoDel's target must exceed the time one full-size packet takes
+            // at this rate, or it drops on a queue of one (sqm-scripts' rule:
+            // 1.5 packet times); the interval grows by as much.
+            let packet_us = u64::from(self.max_frame()) * 8 * 1_000_000 / shape_bps.max(1);
+            let target_us = (packet_us * 3 / 2).div_ceil(100) * 100;
+            let target_us = target_us.max(5_000);
+            let interval_us = 100_000 + target_us - 5_000;
+            let kind = LeafKind::FqCodel {
+                target_us: u32::try_from(target_us).unwrap_or(u32::MAX),
+                interval_us: u32::try_from(interval_us).unwrap_or(u32::MAX),
+            };
+            vec![
+                Leaf {
+                    parent: VOICE_CLASS,
+                    handle: VOICE_LEAF,
+                    kind,
+                    why: "facts.fq_codel: the calls share the voice class fairly, with AQM"
+                        .into(),
+                },
+                Leaf {
+                    parent: BULK_CLASS,
+                    handle: BULK_LEAF,
+                    kind,
+                    why: "facts.fq_codel: flows share the bulk class fairly; AQM keeps its queue short"
+                        .into(),
+                },
+            ]
+        } else {
+            // 100 ms of the shaper's rate for bulk; two packets per call for voice.
+            let bulk_bytes = u32::try_from(shape_bps / 8 / 10)
+                .unwrap_or(u32::MAX)
+                .max(2 * self.max_frame());
+            let voice_packets = u32::try_from(voice_calls * 2).unwrap_or(u32::MAX).max(16);
+            vec![
+                Leaf {
+                    parent: VOICE_CLASS,
+                    handle: VOICE_LEAF,
+                    kind: LeafKind::Pfifo {
+                        limit: voice_packets,
+                    },
+                    why: "facts.fq_codel = false: a FIFO of two packets per call (at least 16)"
+                        .into(),
+                },
+                Leaf {
+                    parent: BULK_CLASS,
+                    handle: BULK_LEAF,
+                    kind: LeafKind::Bfifo { limit: bulk_bytes },
+                    why: "facts.fq_codel = false: a FIFO of 100 ms at the shaper's rate".into(),
+                },
+            ]
+        }
+    }
+}
+
+/// The 32-bit words of an address, big-endian, for u32 keys.
+fn words(net: &IpNet) -> Vec<u32> {
+    match net {
+        IpNet::V4(n) => vec![u32::from(n.network())],
+        IpNet::V6(n) => n
+            .network()
+            .octets()
+            .chunks(4)
+            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+    }
+}
+
+/// Keys matching the source address in `net`.
+fn source_keys(net: &IpNet) -> Vec<U32Key> {
+    let base = match net {
+        IpNet::V4(_) => 12,
+        IpNet::V6(_) => 8,
+    };
+    let mut left = u32::from(net.prefix_len());
+    let mut keys = Vec::new();
+    for (i, word) in (0i32..).zip(words(net)) {
+        let bits = left.min(32);
+        left -= bits;
+        if bits == 0 {
+            break;
+        }
+        let mask = if bits == 32 {
+            u32::MAX
+        } else {
+            !(u32::MAX >> bits)
+        };
+        keys.push(U32Key {
+            off: base + 4 * i,
+            val: word & mask,
+            mask,
+        });
+    }
+    keys
+}
+
+/// The key matching the transport protocol (IPv4 protocol, IPv6 next header).
+fn protocol_key(v6: bool, number: u8) -> U32Key {
+    if v6 {
+        U32Key {
+            off: 4,
+            val: u32::from(number) << 8,
+            mask: 0x0000_ff00,
+        }
+    } else {
+        U32Key {
+            off: 8,
+            val: u32::from(number) << 16,
+            mask: 0x00ff_0000,
+        }
+    }
+}
+
+/// Keys matching a transport source port. For IPv4 also a header without
+/// options (IHL 5), so the port sits at a fixed offset; IPv6 assumes no
+/// extension headers. A packet with either goes to bulk, never wrongly to voice.
+fn source_port_keys(v6: bool, port: u16) -> Vec<U32Key> {
+    let port_key = |off| U32Key {
+        off,
+        val: u32::from(port) << 16,
+        mask: 0xffff_0000,
+    };
+    if v6 {
+        vec![port_key(40)]
+    } else {
+        vec![
+            U32Key {
+                off: 0,
+                val: 0x0500_0000,
+                mask: 0x0f00_0000,
+            },
+            port_key(20),
+        ]
+    }
+}
+
+/// The download classifiers: what comes from the provider ranges (UDP; SIP
+/// over TCP/TLS by source port) and from the ePDGs goes to voice.
+fn download_filters(policy: &ProviderPolicy) -> Vec<U32Filter> {
+    let mut out = Vec::new();
+    let mut pref = FIRST_FILTER_PREF;
+    let mut push = |protocol, keys, matches: String, why: &str| {
+        out.push(U32Filter {
+            pref,
+            protocol,
+            keys,
+            classid: VOICE_CLASS,
+            matches,
+            why: why.to_string(),
+        });
+        pref += 1;
+    };
+    let sorted = |nets: &[IpNet]| {
+        let mut v: Vec<IpNet> = nets.iter().map(IpNet::trunc).collect();
+        // IPv4 first, then by address.
+        v.sort_by_key(|n| (matches!(n, IpNet::V6(_)), *n));
+        v.dedup();
+        v
+    };
+    let sip_tcp = voice_ports(policy).sip_tcp();
+    for net in sorted(&policy.provider_ranges) {
+        let v6 = matches!(net, IpNet::V6(_));
+        let (proto, fam) = if v6 {
+            (EtherType::Ipv6, "ip6")
+        } else {
+            (EtherType::Ip, "ip")
+        };
+        let mut keys = source_keys(&net);
+        keys.push(protocol_key(v6, 17));
+        push(
+            proto,
+            keys,
+            format!("{fam} src {net} and udp"),
+            "spec B3: SIP and RTP over UDP from the provider (policy provider_ranges)",
+        );
+        for port in &sip_tcp {
+            let mut keys = source_keys(&net);
+            keys.push(protocol_key(v6, 6));
+            keys.extend(source_port_keys(v6, *port));
+            push(
+                proto,
+                keys,
+                format!("{fam} src {net} and tcp sport {port}"),
+                "spec B3: SIP over TCP/TLS from the provider (policy phone_ports)",
+            );
+        }
+    }
+    for net in sorted(&policy.wifi_calling.epdg) {
+        let proto = if matches!(net, IpNet::V6(_)) {
+            EtherType::Ipv6
+        } else {
+            EtherType::Ip
+        };
+        let fam = if proto == EtherType::Ipv6 {
+            "ip6"
+        } else {
+            "ip"
+        };
+        push(
+            proto,
+            source_keys(&net),
+            format!("{fam} src {net}"),
+            "spec B4, W1: Wi-Fi calls from the ePDG (policy wifi_calling.epdg)",
+        );
+    }
+    out
 }
 
 impl QosPlan {
-    /// Readable text: the line, then each direction's shaper and voice share.
+    /// Both shapers, upload first.
+    pub fn shapers(&self) -> [&Shaper; 2] {
+        [&self.egress, &self.ingress]
+    }
+
+    /// Readable text close to tc's own syntax, one object per line with the
+    /// config path or spec line it implements.
     pub fn render(&self) -> String {
-        let atm = if self.framing.is_atm() {
-            ", ATM cells"
-        } else {
-            ""
+        let mut out = String::new();
+        let st = SizeTable::for_framing(self.framing);
+        let padding = match st.linklayer {
+            LinkLayer::Atm => ", padded to 53-byte ATM cells of 48",
+            LinkLayer::Ptm => ", 64/65 PTM encoding",
+            LinkLayer::Ethernet => "",
         };
-        let mut out = format!(
-            "# line.framing = {}: {} bytes overhead per packet{atm}; one G.711 call is {} on the wire\n\
-             # voice class sized for {} calls (line.calls, or what the line carries)\n",
+        let _ = writeln!(
+            out,
+            "# line.framing = {}: {} bytes per packet on the line{padding}; the kernel counts the {KERNEL_L2_HEADER}-byte Ethernet header, so the size table adds {}",
             self.framing.as_str(),
             self.framing.overhead_bytes(),
-            format_rate(self.per_call_bps),
-            self.calls,
+            st.overhead,
         );
-        for (name, dev, d) in [
-            ("egress", self.wan.clone(), self.egress),
-            ("ingress", format!("ifb of {}", self.wan), self.ingress),
-        ] {
-            let warn = if d.voice_bps < self.calls * self.per_call_bps {
-                "  # voice needs more than the shaper has: fewer calls fit (spec B2)"
+        let _ = writeln!(
+            out,
+            "# spec B1: one G.711 call (20 ms) is {} on the wire ({} at the IP layer, {} by the provider's rule); a Wi-Fi call is {} (spec B4) and shares the voice class",
+            format_rate(self.per_call_bps),
+            format_rate(voice_ip_bps(false)),
+            format_rate(self.spec_per_call_bps),
+            format_rate(self.wifi_per_call_bps),
+        );
+        let _ = writeln!(
+            out,
+            "# voice sized for {} calls ({})",
+            self.calls,
+            if self.calls_configured {
+                "line.calls"
             } else {
-                ""
-            };
-            out.push_str(&format!(
-                "{name} {dev}: line {} shaped at {} ({SHAPE_PERCENT}%), voice guaranteed {}, the rest shared fairly{warn}\n",
-                format_rate(d.line_bps),
-                format_rate(d.shape_bps),
-                format_rate(d.voice_bps),
-            ));
+                "line.calls unset: what the line carries"
+            }
+        );
+        for w in &self.warnings {
+            let _ = writeln!(out, "# {w}");
         }
+        self.render_shaper(&mut out, &self.egress);
+        let _ = writeln!(
+            out,
+            "# upload classification: the firewall's chain qos_egress sets meta priority {VOICE_CLASS} on voice before NAT (see nft); the rest takes the default {BULK_CLASS}"
+        );
+        let _ = writeln!(
+            out,
+            "link {} type ifb up  # spec B1-B3: the download is shaped on the WAN's IFB twin",
+            self.ifb
+        );
+        let _ = writeln!(
+            out,
+            "qdisc ingress {INGRESS} dev {}  # wan.interface: the WAN's ingress hook",
+            self.wan
+        );
+        let _ = writeln!(
+            out,
+            "filter dev {} parent {INGRESS} pref {} protocol all u32 match u32 0 0 action mirred egress redirect dev {}  # spec B1-B3: every download packet through the shaper",
+            self.redirect.from, self.redirect.pref, self.redirect.to
+        );
+        self.render_shaper(&mut out, &self.ingress);
         out
+    }
+
+    fn render_shaper(&self, out: &mut String, s: &Shaper) {
+        let st = &s.size_table;
+        let stab = match st.linklayer {
+            LinkLayer::Ethernet => format!("stab overhead {}", st.overhead),
+            LinkLayer::Atm => format!(
+                "stab overhead {} linklayer atm mtu {} tsize {}",
+                st.overhead,
+                SizeTable::MTU,
+                st.tsize()
+            ),
+            LinkLayer::Ptm => format!(
+                "stab overhead {} table ptm-64/65 mtu {} tsize {}",
+                st.overhead,
+                SizeTable::MTU,
+                st.tsize()
+            ),
+        };
+        let _ = writeln!(
+            out,
+            "# {}: line {}, shaped at {}; voice {} calls, {} guaranteed",
+            s.direction.word(),
+            format_rate(s.line_bps),
+            format_rate(s.shape_bps),
+            s.voice_calls,
+            format_rate(s.voice_bps())
+        );
+        let _ = writeln!(
+            out,
+            "qdisc htb {ROOT} dev {} root default {:x} {stab}  # line.framing = {}: the shaper counts bytes on the line",
+            s.device,
+            s.default_class.minor,
+            self.framing.as_str()
+        );
+        for c in &s.classes {
+            let _ = writeln!(
+                out,
+                "class htb {} dev {} parent {} prio {} rate {} ceil {} burst {}b cburst {}b quantum {}  # {}",
+                c.classid,
+                s.device,
+                c.parent,
+                c.prio,
+                format_rate(c.rate_bps),
+                format_rate(c.ceil_bps),
+                c.burst,
+                c.cburst,
+                c.quantum,
+                c.why
+            );
+        }
+        for l in &s.leaves {
+            let params = match l.kind {
+                LeafKind::FqCodel {
+                    target_us,
+                    interval_us,
+                } => format!(
+                    "target {} interval {}",
+                    micros(target_us),
+                    micros(interval_us)
+                ),
+                LeafKind::Pfifo { limit } => format!("limit {limit}"),
+                LeafKind::Bfifo { limit } => format!("limit {limit}b"),
+            };
+            let _ = writeln!(
+                out,
+                "qdisc {} {} dev {} parent {} {params}  # {}",
+                l.kind.kind(),
+                l.handle,
+                s.device,
+                l.parent,
+                l.why
+            );
+        }
+        for f in &s.filters {
+            let _ = writeln!(
+                out,
+                "filter dev {} parent {ROOT} pref {} protocol {} u32 match {} flowid {}  # {}",
+                s.device,
+                f.pref,
+                f.protocol.word(),
+                f.matches,
+                f.classid,
+                f.why
+            );
+        }
+    }
+}
+
+/// `5ms`, `10.8ms`.
+fn micros(us: u32) -> String {
+    if us % 1000 == 0 {
+        format!("{}ms", us / 1000)
+    } else {
+        format!("{}.{}ms", us / 1000, (us % 1000) / 100)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::{checked, example};
+
+    fn line(down: &str, up: &str, framing: Framing, calls: Option<u32>) -> Checked {
+        let mut cfg = example();
+        cfg.line.down = down.into();
+        cfg.line.up = up.into();
+        cfg.line.framing = framing;
+        cfg.line.calls = calls;
+        checked(cfg)
+    }
 
     #[test]
-    fn voice_share_never_exceeds_the_shaper() {
-        let d = direction(2_000_000, 20 * 106_000);
-        assert_eq!(d.shape_bps, 1_900_000);
-        assert_eq!(d.voice_bps, 1_900_000);
-        let d = direction(100_000_000, 100 * 87_200);
-        assert_eq!(d.shape_bps, 95_000_000);
-        assert_eq!(d.voice_bps, 8_720_000);
+    fn adsl_five_two_holds_seventeen_calls_in_the_upload_shaper() {
+        // 2 Mbit ADSL/PPPoA: shaper 1900k, 5% (95k) kept for bulk, so voice
+        // has 1805k: 17 calls of 106k (1802k). The line carries 18.
+        let plan = qos(&line("5M", "2M", Framing::AdslPppoa, None));
+        assert_eq!(plan.per_call_bps, 106_000);
+        assert_eq!(plan.calls, 18);
+        let up = &plan.egress;
+        assert_eq!(up.shape_bps, 1_900_000);
+        assert_eq!(up.voice_calls, 17);
+        assert_eq!(up.voice_bps(), 1_802_000);
+        assert_eq!(up.class(BULK_CLASS).unwrap().rate_bps, 98_000);
+        let down = &plan.ingress;
+        assert_eq!(down.shape_bps, 4_750_000);
+        assert_eq!(down.voice_calls, 18);
+        assert_eq!(down.voice_bps(), 1_908_000);
+        assert_eq!(down.class(BULK_CLASS).unwrap().rate_bps, 2_842_000);
+        // Unset calls: no warning, the render says what fits.
+        assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
+    }
+
+    #[test]
+    fn twenty_calls_on_adsl_five_two_warn_for_the_upload() {
+        let plan = qos(&line("5M", "2M", Framing::AdslPppoa, Some(20)));
+        assert_eq!(plan.egress.voice_calls, 17);
+        assert_eq!(plan.ingress.voice_calls, 20);
+        assert_eq!(plan.ingress.voice_bps(), 2_120_000);
+        assert_eq!(plan.warnings.len(), 1, "{:?}", plan.warnings);
+        let w = &plan.warnings[0];
+        assert_eq!(w.path, "line.calls");
+        assert!(w.message.contains("voice class holds 17 calls"), "{w}");
+        assert!(w.message.contains("upload shaper (1900kbit"), "{w}");
+    }
+
+    #[test]
+    fn symmetric_fibre_dedicates_voice_and_gives_bulk_the_rest() {
+        // spec B3: 100/100 fibre, 100 calls of 87.2k = 8.72M for voice.
+        let plan = qos(&line("100M", "100M", Framing::Ethernet, Some(100)));
+        for s in plan.shapers() {
+            assert_eq!(s.shape_bps, 95_000_000);
+            assert_eq!(s.voice_calls, 100);
+            assert_eq!(s.voice_bps(), 8_720_000);
+            let bulk = s.class(BULK_CLASS).unwrap();
+            assert_eq!(bulk.rate_bps, 95_000_000 - 8_720_000);
+            assert_eq!(bulk.ceil_bps, 95_000_000);
+            assert_eq!(s.class(VOICE_CLASS).unwrap().ceil_bps, 95_000_000);
+            // 1 ms at 95 Mbit is more than one frame.
+            assert_eq!(s.class(LINE_CLASS).unwrap().burst, 11_875);
+        }
+        assert!(plan.warnings.is_empty());
+    }
+
+    #[test]
+    fn rates_are_whole_bytes_and_classes_add_up() {
+        for framing in Framing::ALL {
+            for (down, up) in [("5M", "2M"), ("1000001", "333333"), ("100M", "40M")] {
+                let plan = qos(&line(down, up, framing, None));
+                for s in plan.shapers() {
+                    for c in &s.classes {
+                        assert_eq!(c.rate_bps % 8, 0, "{c:?}");
+                        assert_eq!(c.ceil_bps, s.shape_bps);
+                        assert!(c.burst >= u32::try_from(framing.wire_bytes(1500)).unwrap());
+                    }
+                    let voice = s.voice_bps();
+                    let bulk = s.class(BULK_CLASS).unwrap().rate_bps;
+                    assert_eq!(voice + bulk, s.shape_bps, "{framing:?} {down}/{up}");
+                    assert!(bulk * 100 >= s.shape_bps * BULK_MIN_PERCENT);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn size_table_charges_what_the_line_model_says() {
+        // The kernel sees the IP packet plus the 14-byte Ethernet header.
+        for framing in Framing::ALL {
+            let st = SizeTable::for_framing(framing);
+            for ip in 20..=1500u64 {
+                assert_eq!(
+                    st.charged(ip + 14),
+                    framing.wire_bytes(ip),
+                    "{framing:?} at {ip} bytes"
+                );
+            }
+        }
+        let atm = SizeTable::for_framing(Framing::AdslPppoa);
+        assert_eq!(atm.overhead, -4);
+        assert_eq!(atm.tsize(), 2048);
+        // One voice packet: 200 bytes IP + 10 = 210 -> 5 cells = 265 bytes.
+        assert_eq!(atm.charged(214), 265);
+        assert_eq!(SizeTable::for_framing(Framing::Ethernet).tsize(), 0);
+        assert_eq!(SizeTable::for_framing(Framing::Ethernet).overhead, 4);
+        assert_eq!(SizeTable::for_framing(Framing::VdslPtm).overhead, 16);
+    }
+
+    #[test]
+    fn leaves_are_fq_codel_with_a_target_above_one_packet_time() {
+        let plan = qos(&line("5M", "2M", Framing::AdslPppoa, None));
+        // 1696 bytes at 1.9 Mbit take 7.14 ms: target 10.8 ms, interval 105.8 ms.
+        assert_eq!(
+            plan.egress.leaves[0].kind,
+            LeafKind::FqCodel {
+                target_us: 10_800,
+                interval_us: 105_800
+            }
+        );
+        let fibre = qos(&line("100M", "100M", Framing::Ethernet, None));
+        assert_eq!(
+            fibre.ingress.leaves[1].kind,
+            LeafKind::FqCodel {
+                target_us: 5_000,
+                interval_us: 100_000
+            }
+        );
+    }
+
+    #[test]
+    fn without_fq_codel_the_leaves_are_fifos_and_the_plan_warns() {
+        let c = line("5M", "2M", Framing::AdslPppoa, None);
+        let facts = HostFacts {
+            fq_codel: false,
+            ..HostFacts::assumed(["eth0".to_string(), "eth1".to_string()])
+        };
+        let plan = qos_for(&c, &facts);
+        assert_eq!(plan.egress.leaves[0].kind, LeafKind::Pfifo { limit: 34 });
+        assert_eq!(
+            plan.egress.leaves[1].kind,
+            LeafKind::Bfifo { limit: 23_750 }
+        );
+        assert!(plan
+            .warnings
+            .iter()
+            .any(|w| w.message.contains("no fq_codel")));
+        assert!(plan
+            .render()
+            .contains("qdisc pfifo 10: dev eth0 parent 1:10 limit 34"));
+        let with = qos_for(&c, &HostFacts::assumed(["eth0".to_string()]));
+        assert_eq!(with, qos(&c));
+    }
+
+    #[test]
+    fn download_classifiers_match_the_provider_and_the_epdgs() {
+        let plan = qos(&line("5M", "2M", Framing::AdslPppoa, None));
+        let f = &plan.ingress.filters;
+        assert!(plan.egress.filters.is_empty());
+        // provider UDP, provider TCP 5060 and 5061, five ePDGs.
+        assert_eq!(f.len(), 8, "{f:#?}");
+        assert!(f.iter().all(|f| f.classid == VOICE_CLASS));
+        let prefs: Vec<u16> = f.iter().map(|f| f.pref).collect();
+        assert_eq!(prefs, (10..18).collect::<Vec<u16>>());
+        assert_eq!(
+            f[0].keys,
+            vec![
+                U32Key {
+                    off: 12,
+                    val: 0xb948_d000,
+                    mask: 0xffff_fc00
+                },
+                U32Key {
+                    off: 8,
+                    val: 0x0011_0000,
+                    mask: 0x00ff_0000
+                },
+            ]
+        );
+        assert_eq!(f[1].matches, "ip src 185.72.208.0/22 and tcp sport 5060");
+        assert_eq!(f[1].keys[3].val, 5060 << 16);
+        assert_eq!(f[3].matches, "ip src 195.41.220.240/32");
+        assert_eq!(f[3].keys[0].mask, u32::MAX);
+    }
+
+    #[test]
+    fn ipv6_ranges_become_ipv6_keys() {
+        let net: IpNet = "2001:db8:40::/42".parse().unwrap();
+        let keys = source_keys(&net);
+        assert_eq!(keys.len(), 2);
+        assert_eq!(
+            (keys[0].off, keys[0].val, keys[0].mask),
+            (8, 0x2001_0db8, u32::MAX)
+        );
+        assert_eq!(
+            (keys[1].off, keys[1].val, keys[1].mask),
+            (12, 0x0040_0000, 0xffc0_0000)
+        );
+    }
+
+    #[test]
+    fn voice_ports_come_from_the_port_table() {
+        let policy = router_config::parse_policy(router_config::FACTORY_POLICY).unwrap();
+        let v = voice_ports(&policy);
+        assert_eq!(v.sip_tcp(), vec![5060, 5061]);
+        assert_eq!(
+            v.rtp,
+            vec![PortRange {
+                first: 10000,
+                last: 65000
+            }]
+        );
+        assert!(v.sip.contains(&(Protocol::Udp, PortRange::single(5060))));
+    }
+
+    #[test]
+    fn ifb_names_fit_the_kernel() {
+        assert_eq!(ifb_name("eth0"), "ifb-eth0");
+        assert_eq!(ifb_name("enp0s31f6.100"), "ifb-enp0s31f6.1");
+        assert_eq!(Handle::new(1, 0x10).to_string(), "1:10");
+        assert_eq!(INGRESS.to_string(), "ffff:");
+        assert_eq!(VOICE_CLASS.as_u32(), 0x0001_0010);
     }
 }

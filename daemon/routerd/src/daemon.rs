@@ -120,8 +120,13 @@ pub async fn run(inputs: Inputs, programs: Programs) -> Result<(), String> {
     let text = load::read(&inputs.config, "config")?;
     let checked = load::check(&text, policy)
         .map_err(|d| load::refused(&format!("{}", inputs.config.display()), &d))?;
-    let facts = load::facts(&inputs)?;
+    let mut facts = load::facts(&inputs)?;
     let netlink = Netlink::open().map_err(|e| chain(&e))?;
+    if inputs.facts.is_none() {
+        facts.fq_codel = router_sys::tc::fq_codel_available(netlink.handle())
+            .await
+            .map_err(|e| chain(&e))?;
+    }
     let mut events = router_sys::events::subscribe()
         .await
         .map_err(|e| chain(&e))?;
@@ -389,14 +394,23 @@ impl Router {
                 self.plan.nft.fingerprint()
             ));
         }
-        let drift = self
+        let tc = router_sys::tc::apply(self.netlink.handle(), &self.plan.qos)
+            .await
+            .map_err(|e| chain(&e))?;
+        changes.extend(tc.iter().map(ToString::to_string));
+        let mut drift = self
             .netlink
             .verify(&self.plan.links)
             .await
             .map_err(|e| chain(&e))?;
+        drift.extend(
+            router_sys::tc::verify(self.netlink.handle(), &self.plan.qos)
+                .await
+                .map_err(|e| chain(&e))?,
+        );
         if !drift.is_empty() {
             return Err(format!(
-                "links do not match the plan after apply: {}",
+                "the kernel does not match the plan after apply: {}",
                 drift.join("; ")
             ));
         }
@@ -543,6 +557,10 @@ impl Router {
             }
         };
         let facts = match load::facts(&self.inputs) {
+            Ok(f) if self.inputs.facts.is_none() => HostFacts {
+                fq_codel: self.facts.fq_codel,
+                ..f
+            },
             Ok(f) => f,
             Err(e) => return Response::Failed { error: e },
         };
@@ -584,6 +602,18 @@ impl Router {
             Ok(mut changes) => {
                 self.plan_hash = plan_hash(&self.plan);
                 self.config_text = text.to_string();
+                if old.1.qos.wan != self.plan.qos.wan {
+                    match router_sys::tc::remove(
+                        self.netlink.handle(),
+                        &old.1.qos.wan,
+                        &old.1.qos.ifb,
+                    )
+                    .await
+                    {
+                        Ok(c) => changes.extend(c.iter().map(ToString::to_string)),
+                        Err(e) => warn!(error = %chain(&e), "cannot remove the old WAN's shaper"),
+                    }
+                }
                 if wan_changed {
                     changes.extend(self.wan_changed_by_config().await);
                 }

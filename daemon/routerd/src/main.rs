@@ -124,26 +124,58 @@ fn once(args: &Args, inputs: &Inputs) -> Result<(), String> {
     let facts = load::facts(inputs)?;
     let plan = router_plan::compile(&checked, &facts)
         .map_err(|d| load::refused(&format!("{} on this host", args.config.display()), &d))?;
-    let links = tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?
-        .block_on(async {
-            let netlink = router_sys::links::Netlink::open().map_err(|e| chain(&e))?;
-            let changes = netlink.apply(&plan.links).await.map_err(|e| chain(&e))?;
-            let drift = netlink.verify(&plan.links).await.map_err(|e| chain(&e))?;
-            if drift.is_empty() {
-                Ok(changes)
-            } else {
-                Err(format!("links do not match the plan: {}", drift.join("; ")))
-            }
-        })?;
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let netlink = runtime
+        .block_on(async { router_sys::links::Netlink::open() })
+        .map_err(|e| chain(&e))?;
+    let plan = if args.facts.is_none() {
+        // The shaper's leaves depend on what this kernel has.
+        let fq_codel = runtime
+            .block_on(router_sys::tc::fq_codel_available(netlink.handle()))
+            .map_err(|e| chain(&e))?;
+        let facts = router_config::HostFacts { fq_codel, ..facts };
+        router_plan::compile(&checked, &facts)
+            .map_err(|d| load::refused(&format!("{} on this host", args.config.display()), &d))?
+    } else {
+        plan
+    };
+    let links = runtime.block_on(async {
+        let changes = netlink.apply(&plan.links).await.map_err(|e| chain(&e))?;
+        let drift = netlink.verify(&plan.links).await.map_err(|e| chain(&e))?;
+        if drift.is_empty() {
+            Ok::<_, String>(changes)
+        } else {
+            Err(format!("links do not match the plan: {}", drift.join("; ")))
+        }
+    })?;
     for c in &links {
         eprintln!("routerd: {c}");
     }
     let nft = Nft::new(words(&args.nft));
     let sysctls = Sysctls::new(args.sysctl_root.clone());
     let report = router_sys::apply::apply(&plan, &nft, &sysctls).map_err(|e| chain(&e))?;
+    let tc = runtime.block_on(async {
+        let changes = router_sys::tc::apply(netlink.handle(), &plan.qos)
+            .await
+            .map_err(|e| chain(&e))?;
+        let drift = router_sys::tc::verify(netlink.handle(), &plan.qos)
+            .await
+            .map_err(|e| chain(&e))?;
+        if drift.is_empty() {
+            Ok::<_, String>(changes)
+        } else {
+            Err(format!(
+                "the shaper does not match the plan: {}",
+                drift.join("; ")
+            ))
+        }
+    })?;
+    for c in &tc {
+        eprintln!("routerd: {c}");
+    }
     for c in &report.sysctl_changes {
         eprintln!("routerd: {} {} -> {}", c.path, c.old, c.new);
     }

@@ -65,7 +65,7 @@ fn once_applies_verifies_and_is_idempotent_and_refuses_bad_configs_untouched_bod
     let facts = std::env::temp_dir().join(format!("routerd-facts-{}.toml", std::process::id()));
     std::fs::write(
         &facts,
-        "interfaces = [\"eth0\", \"eth1\", \"eth2\"]\nvlan = false\nconntrack_sizing = false\n",
+        "interfaces = [\"eth0\", \"eth1\", \"eth2\"]\nvlan = false\nconntrack_sizing = false\nfq_codel = false\n",
     )
     .unwrap();
     let facts = facts.to_string_lossy().into_owned();

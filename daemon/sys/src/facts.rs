@@ -67,6 +67,7 @@ pub fn read_host_facts(
         memory_mib: memory_mib(proc_root)?,
         conntrack_sizing: conntrack_max_writable(proc_root),
         wan_up: true,
+        fq_codel: true, // the router's kernel ships fq_codel; routerd may probe it
         state_dir: state_dir.to_string(),
         run_dir: run_dir.to_string(),
     })

@@ -16,6 +16,7 @@ pub mod netns;
 pub mod nft;
 pub mod supervise;
 pub mod sysctl;
+pub mod tc;
 
 #[cfg(test)]
 mod testutil;

@@ -290,6 +290,11 @@ impl Netlink {
         Ok(Self { handle })
     }
 
+    /// The rtnetlink handle, for the other netlink users of this crate (tc).
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
     /// Makes the kernel match `plan`: creates missing VLANs, sets the `up`
     /// links up in order, adds missing addresses, removes foreign IPv4
     /// addresses on the interfaces the plan addresses (never the WAN's in
