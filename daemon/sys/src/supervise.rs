@@ -435,6 +435,18 @@ fn write_pidfile(path: &Path, pid: u32) -> io::Result<()> {
 
 /// A process's command line from /proc, or None when there is no such
 /// process. A zombie's is empty.
+/// Whether `pid` has finished exiting: gone, or a zombie (`Z`/`X` in
+/// /proc/PID/stat) waiting for its parent.
+fn exited(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next())
+            .is_none_or(|state| state == 'Z' || state == 'X'),
+    }
+}
+
 fn cmdline(pid: i32) -> Option<Vec<String>> {
     let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     Some(
@@ -481,7 +493,10 @@ async fn stop_leftover(
     if pid <= 1 || pid == own {
         return;
     }
-    let running = |pid| cmdline(pid).is_some_and(|cmd| same_command(&cmd, argv));
+    // Once it is known to be ours, it runs until it is a zombie or gone: an
+    // exiting process shows an empty command line before it has closed its
+    // files (its sockets).
+    let running = |pid| !exited(pid);
     match cmdline(pid) {
         None => return,
         Some(cmd) if !same_command(&cmd, argv) => {
