@@ -440,10 +440,10 @@ fn write_pidfile(path: &Path, pid: u32) -> io::Result<()> {
 fn exited(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .and_then(|(_, rest)| rest.chars().next())
-            .is_none_or(|state| state == 'Z' || state == 'X'),
+        Ok(stat) => !matches!(
+            stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next()),
+            Some(state) if state != 'Z' && state != 'X'
+        ),
     }
 }
 
