@@ -23,6 +23,8 @@ command -v tcpdump >/dev/null || need+=(tcpdump)
 # The lab's small peers (tests/lab/*.py) and signals to routerd and udhcpc.
 [ -x /usr/bin/python3 ] || need+=(python3)
 [ -x /bin/kill ] || [ -x /usr/bin/kill ] || need+=(procps)
+# The Buildroot tree's consistency check lints its scripts.
+command -v shellcheck >/dev/null || need+=(shellcheck)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing ${need[*]}"
   as_root apt-get update -qq
@@ -47,3 +49,14 @@ echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
+
+# The firmware: the Buildroot external tree is consistent with the image
+# build, the disk image builds, and it boots under QEMU (slot A, routerd
+# applies its plan, the WAN gets a lease, a config change survives a reboot
+# into slot B). image/build.sh and the boot test install what they need.
+echo "== Buildroot external tree"
+buildroot-overlay/check.sh --ci
+echo "== firmware image"
+as_root image/build.sh
+echo "== boot the image under QEMU"
+as_root qemu-tests/boot/run.sh

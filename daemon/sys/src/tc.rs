@@ -907,6 +907,25 @@ enum LeafParams {
 }
 
 impl LeafParams {
+    /// Whether what the kernel reads back is what was planned. The kernel
+    /// keeps codel times in units of 1024 ns, so a planned 5000 us reads
+    /// back as 4999 us: a difference of up to 2 us is the same time.
+    fn matches(&self, planned: &LeafParams) -> bool {
+        match (self, planned) {
+            (
+                LeafParams::FqCodel {
+                    target_us: t,
+                    interval_us: i,
+                },
+                LeafParams::FqCodel {
+                    target_us: pt,
+                    interval_us: pi,
+                },
+            ) => t.abs_diff(*pt) <= 2 && i.abs_diff(*pi) <= 2,
+            (a, b) => a == b,
+        }
+    }
+
     fn planned(kind: &LeafKind) -> Self {
         match *kind {
             LeafKind::FqCodel {
@@ -1465,7 +1484,7 @@ fn diff_shaper<'a>(state: &DevState, s: &'a Shaper) -> Vec<Step<'a>> {
         match state.under(l.parent) {
             None => steps.push(Step::CreateLeaf(l)),
             Some(q) if q.handle == l.handle && q.kind == l.kind.kind() => {
-                if q.params != LeafParams::planned(&l.kind) {
+                if !q.params.matches(&LeafParams::planned(&l.kind)) {
                     steps.push(Step::ChangeLeaf {
                         leaf: l,
                         found: format!("{} {}", describe_qdisc(q), q.params),
@@ -1800,6 +1819,26 @@ mod tests {
     use super::*;
     use netlink_packet_core::Parseable;
     use router_config::model::Framing;
+
+    #[test]
+    fn codel_times_read_back_rounded_by_the_kernel_still_match() {
+        // The router's 6.12 kernel keeps codel times in 1024 ns units.
+        let planned = LeafParams::FqCodel {
+            target_us: 5_000,
+            interval_us: 100_000,
+        };
+        let read = LeafParams::FqCodel {
+            target_us: 4_999,
+            interval_us: 99_999,
+        };
+        assert!(read.matches(&planned));
+        let other = LeafParams::FqCodel {
+            target_us: 10_800,
+            interval_us: 99_999,
+        };
+        assert!(!other.matches(&planned));
+        assert!(!LeafParams::Fifo { limit: 10 }.matches(&LeafParams::Fifo { limit: 11 }));
+    }
 
     fn dev() -> Dev {
         Dev {
