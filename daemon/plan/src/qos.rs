@@ -85,6 +85,10 @@ pub const INGRESS: Handle = Handle::new(0xffff, 0);
 pub const REDIRECT_PREF: u16 = 1;
 /// The first filter preference of the download classifiers; one each.
 pub const FIRST_FILTER_PREF: u16 = 10;
+/// The most download classifiers the plan asks for. Each u32 filter
+/// preference gets its own hash table, and the kernel numbers those from
+/// 0x800 to 0xfff per qdisc: 2048 in all, the rest of which stay free.
+pub const MAX_DOWNLOAD_FILTERS: usize = 2000;
 
 /// A tc handle or class id, `major:minor`, printed in hex as tc does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -538,12 +542,18 @@ fn build(checked: &Checked, fq_codel: bool) -> QosPlan {
         fq_codel,
     };
     let egress = sizing.shaper(Direction::Egress, &wan, checked.up_bps, Vec::new());
-    let ingress = sizing.shaper(
-        Direction::Ingress,
-        &ifb,
-        checked.down_bps,
-        download_filters(&checked.policy),
-    );
+    let mut filters = download_filters(&checked.policy);
+    if filters.len() > MAX_DOWNLOAD_FILTERS {
+        warnings.push(Diagnostic::warning(
+            "policy.provider_ranges",
+            format!(
+                "the download classifier needs {} u32 filters for the provider's ranges and ePDGs, but the kernel keeps at most {MAX_DOWNLOAD_FILTERS}: the first {MAX_DOWNLOAD_FILTERS} are used, download voice from the rest is shaped as bulk (upload and the firewall are not affected)",
+                filters.len()
+            ),
+        ));
+        filters.truncate(MAX_DOWNLOAD_FILTERS);
+    }
+    let ingress = sizing.shaper(Direction::Ingress, &ifb, checked.down_bps, filters);
     for s in [&egress, &ingress] {
         if calls_configured && s.voice_calls < checked.calls {
             warnings.push(Diagnostic::warning(
@@ -1075,6 +1085,35 @@ mod tests {
         cfg.line.framing = framing;
         cfg.line.calls = calls;
         checked(cfg)
+    }
+
+    #[test]
+    fn more_provider_ranges_than_the_kernel_has_filters_for_are_cut_with_a_warning() {
+        let mut c = line("5M", "2M", Framing::AdslPppoa, None);
+        // 1000 separate /32s (every second address): 3 filters each.
+        c.policy.provider_ranges = (0..1000u32)
+            .map(|i| {
+                let a = std::net::Ipv4Addr::from(0xc612_0000 + 2 * i);
+                IpNet::from(ipnet::Ipv4Net::new(a, 32).unwrap())
+            })
+            .collect();
+        let plan = qos(&c);
+        assert_eq!(plan.ingress.filters.len(), MAX_DOWNLOAD_FILTERS);
+        let last = plan.ingress.filters.last().unwrap().pref;
+        assert_eq!(
+            usize::from(last),
+            usize::from(FIRST_FILTER_PREF) + MAX_DOWNLOAD_FILTERS - 1
+        );
+        assert_eq!(plan.warnings.len(), 1, "{:?}", plan.warnings);
+        assert_eq!(plan.warnings[0].path, "policy.provider_ranges");
+        assert!(
+            plan.warnings[0].message.contains("needs 3005 u32 filters"),
+            "{}",
+            plan.warnings[0]
+        );
+        // The factory policy is far below the limit.
+        let factory = qos(&line("5M", "2M", Framing::AdslPppoa, None));
+        assert!(factory.ingress.filters.len() < 20);
     }
 
     #[test]
