@@ -135,11 +135,7 @@ pub async fn run(inputs: Inputs, programs: Programs) -> Result<(), String> {
     let nft = Nft::new(programs.nft.clone());
     let sysctls = Sysctls::new(programs.sysctl_root.clone());
     let wan = checked.config.wan.interface.clone();
-    let wan_address = netlink
-        .ipv4_addresses(&wan)
-        .await
-        .ok()
-        .and_then(|a| a.first().copied());
+    let wan_address = first_address(&netlink, &wan).await;
     let wan_carrier = matches!(netlink.link_state(&wan).await, Ok(Some(s)) if s.carrier);
     let wan_up = checked.config.wan.mode == WanMode::Static || wan_address.is_some();
     let plan = compile(&checked, &facts, wan_up)
@@ -186,12 +182,7 @@ pub async fn run(inputs: Inputs, programs: Programs) -> Result<(), String> {
     // The links are up and addressed now: an event from here on is a real change.
     let wan = router.wan_ifname();
     router.wan_carrier = matches!(router.netlink.link_state(&wan).await, Ok(Some(s)) if s.carrier);
-    router.wan_address = router
-        .netlink
-        .ipv4_addresses(&wan)
-        .await
-        .ok()
-        .and_then(|a| a.first().copied());
+    router.wan_address = first_address(&router.netlink, &wan).await;
     router.start_children().await;
 
     let (calls, mut incoming) = mpsc::channel::<Call>(16);
@@ -234,6 +225,16 @@ pub async fn run(inputs: Inputs, programs: Programs) -> Result<(), String> {
     router.stop_children().await;
     let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+/// The first IPv4 address of `ifname` as the kernel has it (none if it
+/// cannot be read).
+async fn first_address(netlink: &Netlink, ifname: &str) -> Option<Ipv4Net> {
+    netlink
+        .ipv4_addresses(ifname)
+        .await
+        .ok()
+        .and_then(|a| a.first().copied())
 }
 
 fn log_answer(what: &str, answer: &Response) {
@@ -657,12 +658,7 @@ impl Router {
             changes.push("WAN DHCP client restarted".to_string());
         }
         let wan = self.wan_ifname();
-        let now_addr = self
-            .netlink
-            .ipv4_addresses(&wan)
-            .await
-            .ok()
-            .and_then(|a| a.first().copied());
+        let now_addr = first_address(&self.netlink, &wan).await;
         if now_addr != self.wan_address {
             self.wan_address = now_addr;
             self.wan_last_change = Some(now());
@@ -836,12 +832,7 @@ impl Router {
         {
             warn!(error = %chain(&e), "cannot restore routes");
         }
-        let now_addr = self
-            .netlink
-            .ipv4_addresses(&wan)
-            .await
-            .ok()
-            .and_then(|a| a.first().copied());
+        let now_addr = first_address(&self.netlink, &wan).await;
         if now_addr != self.wan_address {
             info!(old = ?self.wan_address, new = ?now_addr, "WAN address changed");
             self.wan_address = now_addr;

@@ -12,11 +12,10 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -25,106 +24,7 @@ use router_sys::dnsmasq::{Dnsmasq, DnsmasqOpts};
 use router_sys::lease::{DhcpEvent, WanLease};
 use router_sys::supervise::{SuperviseOpts, Supervisor};
 
-/// Runs a command that must succeed.
-fn run(argv: &[&str]) {
-    let out = Command::new(argv[0])
-        .args(&argv[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {argv:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{argv:?} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A network namespace made for the test, deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new(name: String) -> Self {
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        run(&["ip", "netns", "add", &name]);
-        let ns = Netns(name);
-        run(&["ip", "-n", &ns.0, "link", "set", "lo", "up"]);
-        ns
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
-
-/// Where dnsmasq and udhcpc come from: the shipped root, or the host.
-struct Userland {
-    root: PathBuf,
-    chroot: bool,
-}
-
-impl Userland {
-    fn find() -> Option<Self> {
-        if let Some(root) = std::env::var_os("ROUTERD_TRIXIE_ROOT") {
-            return Some(Self {
-                root: root.into(),
-                chroot: true,
-            });
-        }
-        if Command::new("busybox").arg("true").output().is_err() {
-            eprintln!(
-                "skipped: no udhcpc: ROUTERD_TRIXIE_ROOT is not set (./test.sh sets it) \
-                 and the host has no busybox"
-            );
-            return None;
-        }
-        Some(Self {
-            root: "/".into(),
-            chroot: false,
-        })
-    }
-
-    /// The command running `program` in `ns`.
-    fn command(&self, ns: &Netns, program: &[&str]) -> Vec<String> {
-        let mut argv: Vec<String> = ["ip", "netns", "exec", &ns.0]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        if self.chroot {
-            argv.extend(["chroot".to_string(), self.root.display().to_string()]);
-        }
-        argv.extend(program.iter().map(|s| s.to_string()));
-        argv
-    }
-
-    /// Where the test reaches a path as the programs see it.
-    fn host_path(&self, path: &str) -> PathBuf {
-        self.root.join(path.trim_start_matches('/'))
-    }
-}
-
-/// The test's directory, as the programs see it; removed on drop.
-struct Dir {
-    path: String,
-    host: PathBuf,
-}
-
-impl Dir {
-    fn new(userland: &Userland, test: &str) -> Self {
-        let path = format!("/tmp/routerd-{test}-{}", std::process::id());
-        let host = userland.host_path(&path);
-        let _ = std::fs::remove_dir_all(&host);
-        std::fs::create_dir_all(&host).unwrap();
-        Self { path, host }
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.host);
-    }
-}
+use common::{recorded, run, until, Dir, Netns, Userland};
 
 const ISP: &str = "198.51.100.1";
 const POOL_START: &str = "198.51.100.50";
@@ -147,41 +47,9 @@ fn isp_conf(dir: &str) -> String {
     )
 }
 
-/// The events the record script wrote: each one's argument and
-/// environment, complete ones only.
-fn recorded(path: &Path) -> Vec<(String, BTreeMap<String, String>)> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let mut blocks: Vec<&str> = text.split("--end--\n").collect();
-    blocks.pop();
-    blocks
-        .into_iter()
-        .map(|block| {
-            let mut lines = block.lines();
-            let event = lines
-                .next()
-                .and_then(|l| l.strip_prefix("event="))
-                .unwrap_or_default()
-                .to_string();
-            let env = lines
-                .filter_map(|l| l.split_once('='))
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
-            (event, env)
-        })
-        .collect()
-}
-
-async fn until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn udhcpc_gets_the_isp_lease_renews_on_sigusr1_and_keeps_it_on_stop() {
-    let Some(userland) = Userland::find() else {
+    let Some(userland) = Userland::find("udhcpc") else {
         return;
     };
     let id = std::process::id();
