@@ -57,6 +57,7 @@ cargo test --workspace --locked
 echo "== Buildroot external tree"
 buildroot-overlay/check.sh --ci
 echo "== firmware image"
-as_root image/build.sh
+cargo build --release --locked -p routerd -p routerctl
+as_root image/build.sh --bin-dir "${CARGO_TARGET_DIR:-$PWD/target}/release"
 echo "== boot the image under QEMU"
 as_root qemu-tests/boot/run.sh

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Boots the router's disk image in QEMU for a person to use: builds the image
+# first if there is none, puts its WAN on a simulated ISP (a DHCP server) and
+# its LAN port on a simulated PC, and gives you the router's serial console in
+# this terminal. Nothing touches the host's own networking: the ISP and the PC
+# are one private network namespace.
+#
+#   sudo qemu-tests/run-router.sh [--build] [IMAGE]
+#
+#   IMAGE    default: target/image/router-<version>-x86_64.img
+#   --build  build the image even if one exists (image/build.sh)
+#
+# The console is a root shell on the router's serial port; try
+# e.g. `routerctl status`, `logread | grep routerd`, `nft list ruleset`.
+# Quit QEMU with Ctrl-A then X. The image file is never written: the router
+# runs on a throwaway overlay, so every start is a factory-fresh box.
+#
+# The simulated world (namespace rtrlab-<pid>):
+#   wan0  the router's eth0: the ISP at 198.51.100.1/24 hands out
+#         198.51.100.10-20 by DHCP (documentation addresses)
+#   lan0  the router's eth1, untagged: a PC at 192.168.1.100/24; from
+#         another terminal: sudo ip netns exec rtrlab-<pid> ping 192.168.1.1
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+build=false
+image=
+while [ $# -gt 0 ]; do
+  case $1 in
+  --build) build=true; shift ;;
+  -*) echo "usage: qemu-tests/run-router.sh [--build] [IMAGE]" >&2; exit 2 ;;
+  *) image=$1; shift ;;
+  esac
+done
+[ "$(id -u)" = 0 ] || { echo "qemu-tests/run-router.sh: needs root (network namespace, tap devices, image build); run it with sudo" >&2; exit 2; }
+
+version=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' "$repo/Cargo.toml")
+image=${image:-$repo/target/image/router-$version-x86_64.img}
+if $build || [ ! -f "$image" ]; then
+  if ! command -v cargo > /dev/null && [ -n "${SUDO_USER:-}" ]; then
+    # sudo dropped the user's PATH: build routerd as the user, with their toolchain.
+    echo "== cargo build --release -p routerd -p routerctl (as $SUDO_USER)"
+    sudo -u "$SUDO_USER" -H bash -lc "cd '$repo' && cargo build --release --locked -p routerd -p routerctl"
+    "$repo/image/build.sh" --out "$(dirname "$image")" --bin-dir "$repo/target/release"
+  else
+    "$repo/image/build.sh" --out "$(dirname "$image")"
+  fi
+fi
+[ -f "$image" ] || { echo "qemu-tests/run-router.sh: no image $image" >&2; exit 2; }
+image=$(realpath "$image")
+
+need=()
+command -v qemu-system-x86_64 > /dev/null || need+=(qemu-system-x86)
+command -v qemu-img > /dev/null || need+=(qemu-utils)
+command -v dnsmasq > /dev/null || need+=(dnsmasq-base)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "== installing ${need[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" > /dev/null
+fi
+
+work=$(mktemp -d /tmp/router-lab.XXXXXX)
+ns=rtrlab-$$
+dnsmasq_pid=
+# shellcheck disable=SC2317 # run by the trap
+cleanup() {
+  if [ -n "$dnsmasq_pid" ]; then kill "$dnsmasq_pid" 2> /dev/null || true; fi
+  ip netns del "$ns" 2> /dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+ip netns add "$ns"
+ip -n "$ns" link set lo up
+for tap in wan0 lan0; do
+  ip -n "$ns" tuntap add dev "$tap" mode tap
+  ip -n "$ns" link set "$tap" up
+done
+ip -n "$ns" addr add 198.51.100.1/24 dev wan0
+ip -n "$ns" addr add 192.168.1.100/24 dev lan0
+ip netns exec "$ns" dnsmasq --keep-in-foreground --conf-file=/dev/null --port=0 \
+  --interface=wan0 --bind-interfaces --dhcp-range=198.51.100.10,198.51.100.20,255.255.255.0,1h \
+  --dhcp-option=option:router,198.51.100.1 --dhcp-option=option:dns-server,198.51.100.1 \
+  --dhcp-leasefile="$work/isp.leases" --pid-file="$work/isp.pid" --log-facility="$work/isp.log" &
+dnsmasq_pid=$!
+qemu-img create -q -f qcow2 -F raw -b "$image" "$work/disk.qcow2"
+
+cat << EOF
+== router $version, image $image
+== serial console below (a root shell once it has booted); quit QEMU with Ctrl-A then X
+== the ISP (198.51.100.1) and a PC (192.168.1.100) from another terminal:
+==   sudo ip netns exec $ns bash
+EOF
+# The same machine the boot test uses: eth0 = WAN, eth1 = LAN, TCG.
+ip netns exec "$ns" qemu-system-x86_64 -accel tcg -m 256 -smp 1 \
+  -nodefaults -nographic \
+  -drive "file=$work/disk.qcow2,format=qcow2,if=virtio" \
+  -netdev tap,id=wan,ifname=wan0,script=no,downscript=no \
+  -device virtio-net-pci,netdev=wan,mac=52:54:00:00:01:01,addr=0x3 \
+  -netdev tap,id=lan,ifname=lan0,script=no,downscript=no \
+  -device virtio-net-pci,netdev=lan,mac=52:54:00:00:02:01,addr=0x4 \
+  -serial mon:stdio
