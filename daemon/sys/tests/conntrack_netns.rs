@@ -8,14 +8,15 @@
 //! machine of this project is).
 #![allow(clippy::unwrap_used)]
 
-use std::fs::File;
+mod common;
+
+use common::{inside, run, Namespaces};
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
-use nix::sched::{setns, CloneFlags};
 use router_sys::conntrack::{self, Flow};
 
 const ROUTER_WAN: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
@@ -24,78 +25,28 @@ const PHONE: Ipv4Addr = Ipv4Addr::new(10, 20, 0, 2);
 const PC: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 2);
 const ROUTER_LAN: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 1);
 
-/// Named network namespaces, deleted on drop.
-struct Namespaces {
-    names: Vec<String>,
-}
-
-impl Namespaces {
-    fn add(&mut self, role: &str) -> String {
-        let name = format!("rd-ct-{role}-{}", std::process::id());
-        run("ip", &["netns", "add", &name]);
-        self.names.push(name.clone());
-        name
-    }
-}
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for name in &self.names {
-            let _ = Command::new("ip").args(["netns", "del", name]).status();
-        }
-    }
-}
-
-fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Runs `f` on a thread that has entered namespace `ns`: sockets it opens
-/// (UDP and netlink alike) belong to that namespace.
-fn inside<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let file = File::open(format!("/run/netns/{ns}")).unwrap();
-            setns(&file, CloneFlags::CLONE_NEWNET).unwrap();
-            f()
-        })
-        .join()
-        .unwrap()
-    })
-}
-
 /// A veth from `router` (as `router_if`, with `router_addr`) to `host` (as
 /// `eth0`, with `host_addr` and a default route via the router).
 fn link(router: &str, router_if: &str, router_addr: &str, host: &str, host_addr: &str) {
-    run(
+    run(&[
+        "ip", "link", "add", router_if, "netns", router, "type", "veth", "peer", "name", "eth0",
+        "netns", host,
+    ]);
+    run(&[
         "ip",
-        &[
-            "link", "add", router_if, "netns", router, "type", "veth", "peer", "name", "eth0",
-            "netns", host,
-        ],
-    );
-    run(
-        "ip",
-        &["-n", router, "addr", "add", router_addr, "dev", router_if],
-    );
-    run("ip", &["-n", router, "link", "set", router_if, "up"]);
-    run("ip", &["-n", host, "addr", "add", host_addr, "dev", "eth0"]);
-    run("ip", &["-n", host, "link", "set", "eth0", "up"]);
+        "-n",
+        router,
+        "addr",
+        "add",
+        router_addr,
+        "dev",
+        router_if,
+    ]);
+    run(&["ip", "-n", router, "link", "set", router_if, "up"]);
+    run(&["ip", "-n", host, "addr", "add", host_addr, "dev", "eth0"]);
+    run(&["ip", "-n", host, "link", "set", "eth0", "up"]);
     let gateway = router_addr.split('/').next().unwrap();
-    run(
-        "ip",
-        &["-n", host, "route", "add", "default", "via", gateway],
-    );
+    run(&["ip", "-n", host, "route", "add", "default", "via", gateway]);
 }
 
 /// Sends a few datagrams from `from` to `to` inside namespace `ns`.
@@ -110,10 +61,16 @@ fn send(ns: &str, from: SocketAddr, to: SocketAddr) {
 
 /// `conntrack -L` in the router namespace: one line per UDP flow.
 fn conntrack_tool(router: &str) -> Vec<String> {
-    run(
+    run(&[
         "ip",
-        &["netns", "exec", router, "conntrack", "-L", "-p", "udp"],
-    )
+        "netns",
+        "exec",
+        router,
+        "conntrack",
+        "-L",
+        "-p",
+        "udp",
+    ])
     .lines()
     .map(str::to_string)
     .collect()
@@ -127,7 +84,7 @@ fn find(flows: &[Flow], src: Ipv4Addr, sport: u16) -> Option<&Flow> {
 
 #[test]
 fn flush_stale_deletes_phone_flows_and_nat_to_a_lost_wan_address() {
-    let mut ns = Namespaces { names: Vec::new() };
+    let mut ns = Namespaces::new("rd-ct");
     let router = ns.add("router");
     let phone = ns.add("phone");
     let pc = ns.add("pc");
@@ -135,17 +92,15 @@ fn flush_stale_deletes_phone_flows_and_nat_to_a_lost_wan_address() {
     link(&router, "ph0", "10.20.0.1/24", &phone, "10.20.0.2/24");
     link(&router, "lan0", "192.168.1.1/24", &pc, "192.168.1.2/24");
     link(&router, "wan0", "203.0.113.1/24", &isp, "203.0.113.2/24");
-    run(
+    run(&[
         "ip",
-        &[
-            "netns",
-            "exec",
-            &router,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-        ],
-    );
+        "netns",
+        "exec",
+        &router,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+    ]);
     let mut nft = Command::new("ip")
         .args(["netns", "exec", &router, "nft", "-f", "-"])
         .stdin(Stdio::piped())

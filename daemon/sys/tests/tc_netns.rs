@@ -18,14 +18,15 @@
 //! `fq_codel = false` (FIFO leaves); fq_codel leaves are tested in QEMU.
 #![allow(clippy::unwrap_used)]
 
-use std::fs::File;
+mod common;
+
+use common::{inside, run, Namespaces};
 use std::future::Future;
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use nix::sched::{setns, CloneFlags};
 use router_config::model::Framing;
 use router_config::{Checked, HostFacts};
 use router_plan::qos::{qos_for, QosPlan, SizeTable, BULK_CLASS, VOICE_CLASS};
@@ -68,20 +69,6 @@ fn example_plan(calls: Option<u32>, framing: Framing) -> QosPlan {
         c.line.framing = framing;
     });
     qos_for(&c, &host_facts())
-}
-
-fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn lines(changes: &[TcChange]) -> Vec<String> {
@@ -143,7 +130,7 @@ fn apply_reads_back_body() {
         assert_eq!(tc::verify(h, &plan).await.unwrap(), Vec::<String>::new());
 
         // The tc program reads the same tree back.
-        let qdiscs = run("tc", &["-d", "qdisc", "show", "dev", "eth0"]);
+        let qdiscs = run(&["tc", "-d", "qdisc", "show", "dev", "eth0"]);
         assert!(qdiscs.contains("qdisc htb 1: root"), "{qdiscs}");
         assert!(qdiscs.contains("default 0x20"), "{qdiscs}");
         assert!(
@@ -162,7 +149,7 @@ fn apply_reads_back_body() {
             qdiscs.contains("qdisc ingress ffff: parent ffff:fff1"),
             "{qdiscs}"
         );
-        let classes = run("tc", &["class", "show", "dev", "eth0"]);
+        let classes = run(&["tc", "class", "show", "dev", "eth0"]);
         for expected in [
             "class htb 1:1 root rate 1900Kbit ceil 1900Kbit",
             "class htb 1:10 parent 1:1 leaf 10: prio 0 rate 1802Kbit ceil 1900Kbit",
@@ -170,19 +157,19 @@ fn apply_reads_back_body() {
         ] {
             assert!(classes.contains(expected), "{expected}:\n{classes}");
         }
-        let classes = run("tc", &["class", "show", "dev", "ifb-eth0"]);
+        let classes = run(&["tc", "class", "show", "dev", "ifb-eth0"]);
         assert!(
             classes
                 .contains("class htb 1:10 parent 1:1 leaf 10: prio 0 rate 1908Kbit ceil 4750Kbit"),
             "{classes}"
         );
-        let filters = run("tc", &["filter", "show", "dev", "ifb-eth0"]);
+        let filters = run(&["tc", "filter", "show", "dev", "ifb-eth0"]);
         assert_eq!(filters.matches("flowid 1:10").count(), 8, "{filters}");
         assert!(
             filters.contains("match b948d000/fffffc00 at 12"),
             "{filters}"
         );
-        let redirect = run("tc", &["filter", "show", "dev", "eth0", "ingress"]);
+        let redirect = run(&["tc", "filter", "show", "dev", "eth0", "ingress"]);
         assert!(
             redirect.contains("Egress Redirect to device ifb-eth0"),
             "{redirect}"
@@ -223,7 +210,7 @@ fn apply_reads_back_body() {
             ]
         );
         assert_eq!(tc::verify(h, &fewer).await.unwrap(), Vec::<String>::new());
-        let classes = run("tc", &["class", "show", "dev", "eth0"]);
+        let classes = run(&["tc", "class", "show", "dev", "eth0"]);
         assert!(
             classes.contains("1:10 parent 1:1 leaf 10: prio 0 rate 1060Kbit"),
             "{classes}"
@@ -238,56 +225,45 @@ fn apply_reads_back_body() {
             lines(&changes)
         );
         assert!(lines(&changes).contains(&"changed size table on eth0".to_string()));
-        let qdiscs = run("tc", &["-d", "qdisc", "show", "dev", "eth0"]);
+        let qdiscs = run(&["tc", "-d", "qdisc", "show", "dev", "eth0"]);
         assert!(qdiscs.contains("overhead 4"), "{qdiscs}");
         assert!(!qdiscs.contains("linklayer atm"), "{qdiscs}");
         assert_eq!(tc::verify(h, &fibre).await.unwrap(), Vec::<String>::new());
 
         // Drift made by hand is found, then repaired.
-        run(
+        run(&[
+            "tc", "class", "change", "dev", "eth0", "parent", "1:1", "classid", "1:10", "htb",
+            "rate", "100kbit", "ceil", "200kbit",
+        ]);
+        run(&["tc", "qdisc", "del", "dev", "eth0", "parent", "1:20"]);
+        run(&[
+            "tc", "qdisc", "add", "dev", "eth0", "parent", "1:20", "handle", "20:", "pfifo",
+            "limit", "5",
+        ]);
+        run(&[
+            "tc", "class", "add", "dev", "eth0", "parent", "1:1", "classid", "1:30", "htb", "rate",
+            "10kbit",
+        ]);
+        run(&[
             "tc",
-            &[
-                "class", "change", "dev", "eth0", "parent", "1:1", "classid", "1:10", "htb",
-                "rate", "100kbit", "ceil", "200kbit",
-            ],
-        );
-        run("tc", &["qdisc", "del", "dev", "eth0", "parent", "1:20"]);
-        run(
-            "tc",
-            &[
-                "qdisc", "add", "dev", "eth0", "parent", "1:20", "handle", "20:", "pfifo", "limit",
-                "5",
-            ],
-        );
-        run(
-            "tc",
-            &[
-                "class", "add", "dev", "eth0", "parent", "1:1", "classid", "1:30", "htb", "rate",
-                "10kbit",
-            ],
-        );
-        run(
-            "tc",
-            &[
-                "filter",
-                "add",
-                "dev",
-                "ifb-eth0",
-                "parent",
-                "1:",
-                "pref",
-                "99",
-                "protocol",
-                "ip",
-                "u32",
-                "match",
-                "ip",
-                "dst",
-                "192.0.2.1/32",
-                "flowid",
-                "1:10",
-            ],
-        );
+            "filter",
+            "add",
+            "dev",
+            "ifb-eth0",
+            "parent",
+            "1:",
+            "pref",
+            "99",
+            "protocol",
+            "ip",
+            "u32",
+            "match",
+            "ip",
+            "dst",
+            "192.0.2.1/32",
+            "flowid",
+            "1:10",
+        ]);
         let drift = tc::verify(h, &fibre).await.unwrap();
         let joined = drift.join("\n");
         for expected in [
@@ -311,14 +287,11 @@ fn apply_reads_back_body() {
         assert_eq!(tc::verify(h, &fibre).await.unwrap(), Vec::<String>::new());
 
         // A foreign root is replaced whole; a lost redirect is put back.
-        run(
-            "tc",
-            &[
-                "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", "1mbit", "burst", "10kb",
-                "latency", "50ms",
-            ],
-        );
-        run("tc", &["filter", "del", "dev", "eth0", "ingress"]);
+        run(&[
+            "tc", "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", "1mbit", "burst",
+            "10kb", "latency", "50ms",
+        ]);
+        run(&["tc", "filter", "del", "dev", "eth0", "ingress"]);
         let drift = tc::verify(h, &fibre).await.unwrap();
         assert!(
             drift.contains(
@@ -344,34 +317,29 @@ fn apply_reads_back_body() {
         assert_eq!(tc::verify(h, &fibre).await.unwrap(), Vec::<String>::new());
 
         // A classifier changed by hand is replaced.
-        run(
+        run(&[
+            "tc", "filter", "del", "dev", "ifb-eth0", "parent", "1:", "pref", "10",
+        ]);
+        run(&[
             "tc",
-            &[
-                "filter", "del", "dev", "ifb-eth0", "parent", "1:", "pref", "10",
-            ],
-        );
-        run(
-            "tc",
-            &[
-                "filter",
-                "add",
-                "dev",
-                "ifb-eth0",
-                "parent",
-                "1:",
-                "pref",
-                "10",
-                "protocol",
-                "ip",
-                "u32",
-                "match",
-                "ip",
-                "src",
-                "192.0.2.0/24",
-                "flowid",
-                "1:20",
-            ],
-        );
+            "filter",
+            "add",
+            "dev",
+            "ifb-eth0",
+            "parent",
+            "1:",
+            "pref",
+            "10",
+            "protocol",
+            "ip",
+            "u32",
+            "match",
+            "ip",
+            "src",
+            "192.0.2.0/24",
+            "flowid",
+            "1:20",
+        ]);
         let drift = tc::verify(h, &fibre).await.unwrap();
         assert_eq!(
             drift,
@@ -381,7 +349,7 @@ fn apply_reads_back_body() {
         assert_eq!(changes, ["replaced filter pref 10 on ifb-eth0"]);
 
         // A lost IFB is made again, and the redirect follows its new index.
-        run("ip", &["link", "del", "ifb-eth0"]);
+        run(&["ip", "link", "del", "ifb-eth0"]);
         let drift = tc::verify(h, &fibre).await.unwrap();
         assert_eq!(drift, ["link ifb-eth0 is missing"]);
         let changes = lines(&tc::apply(h, &fibre).await.unwrap());
@@ -408,7 +376,7 @@ fn apply_reads_back_body() {
                 "removed link on ifb-eth0",
             ]
         );
-        let qdiscs = run("tc", &["qdisc", "show", "dev", "eth0"]);
+        let qdiscs = run(&["tc", "qdisc", "show", "dev", "eth0"]);
         assert!(
             !qdiscs.contains("htb") && !qdiscs.contains("ingress"),
             "{qdiscs}"
@@ -475,7 +443,7 @@ fn fq_codel_probe_body() {
             assert!(available, "this kernel has fq_codel built in");
         }
         // The probe leaves nothing behind, and can run again.
-        let links = run("ip", &["-o", "link", "show"]);
+        let links = run(&["ip", "-o", "link", "show"]);
         assert!(!links.contains("rd-probe-fqc"), "{links}");
         assert_eq!(tc::fq_codel_available(h).await.unwrap(), available);
     });
@@ -517,42 +485,6 @@ address = "10.20.0.1/24"
 dhcp = { start = "10.20.0.100", end = "10.20.0.250" }
 "#;
 
-/// Named network namespaces, deleted on drop.
-struct Namespaces {
-    names: Vec<String>,
-}
-
-impl Namespaces {
-    fn add(&mut self, role: &str) -> String {
-        let name = format!("rd-tc-{role}-{}", std::process::id());
-        run("ip", &["netns", "add", &name]);
-        self.names.push(name.clone());
-        name
-    }
-}
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for name in &self.names {
-            let _ = Command::new("ip").args(["netns", "del", name]).status();
-        }
-    }
-}
-
-/// Runs `f` on a thread that has entered namespace `ns`: sockets it opens
-/// (UDP, TCP and netlink alike) belong to that namespace.
-fn inside<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let file = File::open(format!("/run/netns/{ns}")).unwrap();
-            setns(&file, CloneFlags::CLONE_NEWNET).unwrap();
-            f()
-        })
-        .join()
-        .unwrap()
-    })
-}
-
 /// Runs an async netlink job inside `ns` with its own rtnetlink connection.
 fn netlink_in<T: Send, F: Future<Output = T>>(ns: &str, job: impl FnOnce(Handle) -> F + Send) -> T {
     inside(ns, || {
@@ -567,27 +499,27 @@ fn netlink_in<T: Send, F: Future<Output = T>>(ns: &str, job: impl FnOnce(Handle)
 /// A veth from `router` (as `router_if`, with `router_addr`) to `host` (as
 /// `eth0`, with `host_addr`, and a default route via the router unless `isp`).
 fn link(router: &str, router_if: &str, router_addr: &str, host: &str, host_addr: &str, isp: bool) {
-    run(
+    run(&[
+        "ip", "link", "add", router_if, "netns", router, "type", "veth", "peer", "name", "eth0",
+        "netns", host,
+    ]);
+    run(&[
         "ip",
-        &[
-            "link", "add", router_if, "netns", router, "type", "veth", "peer", "name", "eth0",
-            "netns", host,
-        ],
-    );
-    run(
-        "ip",
-        &["-n", router, "addr", "add", router_addr, "dev", router_if],
-    );
-    run("ip", &["-n", router, "link", "set", router_if, "up"]);
-    run("ip", &["-n", host, "addr", "add", host_addr, "dev", "eth0"]);
-    run("ip", &["-n", host, "link", "set", "eth0", "up"]);
-    run("ip", &["-n", host, "link", "set", "lo", "up"]);
+        "-n",
+        router,
+        "addr",
+        "add",
+        router_addr,
+        "dev",
+        router_if,
+    ]);
+    run(&["ip", "-n", router, "link", "set", router_if, "up"]);
+    run(&["ip", "-n", host, "addr", "add", host_addr, "dev", "eth0"]);
+    run(&["ip", "-n", host, "link", "set", "eth0", "up"]);
+    run(&["ip", "-n", host, "link", "set", "lo", "up"]);
     if !isp {
         let gateway = router_addr.split('/').next().unwrap();
-        run(
-            "ip",
-            &["-n", host, "route", "add", "default", "via", gateway],
-        );
+        run(&["ip", "-n", host, "route", "add", "default", "via", gateway]);
     }
 }
 
@@ -651,12 +583,9 @@ fn settle() {
 
 /// What the ISP counted per DSCP for packets to the provider address.
 fn dscp_counts(isp: &str) -> (u64, u64) {
-    let listing = run(
-        "ip",
-        &[
-            "netns", "exec", isp, "nft", "list", "chain", "inet", "dscp", "input",
-        ],
-    );
+    let listing = run(&[
+        "ip", "netns", "exec", isp, "nft", "list", "chain", "inet", "dscp", "input",
+    ]);
     let count = |tag: &str| -> u64 {
         let line = listing
             .lines()
@@ -670,7 +599,7 @@ fn dscp_counts(isp: &str) -> (u64, u64) {
 
 #[test]
 fn voice_and_bulk_packets_land_in_their_classes_both_ways() {
-    let mut ns = Namespaces { names: Vec::new() };
+    let mut ns = Namespaces::new("rd-tc");
     let router = ns.add("router");
     let phone = ns.add("phone");
     let pc = ns.add("pc");
@@ -700,32 +629,28 @@ fn voice_and_bulk_packets_land_in_their_classes_both_ways() {
         false,
     );
     for addr in ["185.72.208.10/32", "195.41.220.240/32", "198.51.100.10/32"] {
-        run("ip", &["-n", &isp, "addr", "add", addr, "dev", "lo"]);
+        run(&["ip", "-n", &isp, "addr", "add", addr, "dev", "lo"]);
     }
-    run("ip", &["-n", &router, "link", "set", "lo", "up"]);
-    run(
+    run(&["ip", "-n", &router, "link", "set", "lo", "up"]);
+    run(&[
         "ip",
-        &[
-            "-n",
-            &router,
-            "route",
-            "add",
-            "default",
-            "via",
-            &ISP.to_string(),
-        ],
-    );
-    run(
+        "-n",
+        &router,
+        "route",
+        "add",
+        "default",
+        "via",
+        &ISP.to_string(),
+    ]);
+    run(&[
         "ip",
-        &[
-            "netns",
-            "exec",
-            &router,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-        ],
-    );
+        "netns",
+        "exec",
+        &router,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+    ]);
 
     // The plan's own ruleset (it sets the voice priority and the DSCP marks)
     // and shaper.
@@ -849,12 +774,9 @@ fn voice_and_bulk_packets_land_in_their_classes_both_ways() {
     assert_eq!(dscp_counts(&isp), (5, 4), "the SYN to 5061 is marked CS3");
 
     // The tc program, an independent reader, sees the same voice counters.
-    let shown = run(
-        "ip",
-        &[
-            "netns", "exec", &router, "tc", "-s", "class", "show", "dev", "eth0",
-        ],
-    );
+    let shown = run(&[
+        "ip", "netns", "exec", &router, "tc", "-s", "class", "show", "dev", "eth0",
+    ]);
     let voice_block = shown
         .split("class htb ")
         .find(|b| b.starts_with("1:10 "))

@@ -1,6 +1,7 @@
-//! What the DHCP namespace tests share: commands that must succeed, a
-//! network namespace and a directory removed on drop, where the shipped
-//! programs come from, and reading the events a record script wrote.
+//! What the kernel tests of router-sys share: commands that must succeed,
+//! network namespaces and a directory removed on drop, running code inside a
+//! namespace, where the shipped programs come from, and reading the events a
+//! DHCP client's record script wrote.
 
 #![allow(dead_code)] // each test file uses a part of it
 
@@ -9,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// Runs a command that must succeed.
-pub fn run(argv: &[&str]) {
+/// Runs a command that must succeed; returns its standard output.
+pub fn run(argv: &[&str]) -> String {
     let out = Command::new(argv[0])
         .args(&argv[1..])
         .output()
@@ -21,6 +22,54 @@ pub fn run(argv: &[&str]) {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Named network namespaces of one test, `<prefix>-<role>-<pid>`, deleted
+/// on drop.
+pub struct Namespaces {
+    prefix: &'static str,
+    names: Vec<String>,
+}
+
+impl Namespaces {
+    /// None yet; names will start with `prefix`.
+    pub fn new(prefix: &'static str) -> Self {
+        Self {
+            prefix,
+            names: Vec::new(),
+        }
+    }
+
+    /// Makes the namespace for `role` and returns its name.
+    pub fn add(&mut self, role: &str) -> String {
+        let name = format!("{}-{role}-{}", self.prefix, std::process::id());
+        run(&["ip", "netns", "add", &name]);
+        self.names.push(name.clone());
+        name
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for name in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
+}
+
+/// Runs `f` on a thread that has entered namespace `ns`: sockets it opens
+/// (UDP, TCP and netlink alike) belong to that namespace.
+pub fn inside<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let file = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            f()
+        })
+        .join()
+        .unwrap()
+    })
 }
 
 /// A network namespace made for the test, deleted on drop.
