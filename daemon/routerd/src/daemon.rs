@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ipnet::Ipv4Net;
 use router_config::model::WanMode;
-use router_config::{Checked, HostFacts};
+use router_config::{Checked, Diagnostic, HostFacts};
 use router_plan::Plan;
 use router_sys::control::{self, ChildState, Request, Response, Status, WanStatus};
 use router_sys::dnsmasq::{Dnsmasq, DnsmasqOpts};
@@ -120,13 +120,8 @@ pub async fn run(inputs: Inputs, programs: Programs) -> Result<(), String> {
     let text = load::read(&inputs.config, "config")?;
     let checked = load::check(&text, policy)
         .map_err(|d| load::refused(&format!("{}", inputs.config.display()), &d))?;
-    let mut facts = load::facts(&inputs)?;
     let netlink = Netlink::open().map_err(|e| chain(&e))?;
-    if inputs.facts.is_none() {
-        facts.fq_codel = router_sys::tc::fq_codel_available(netlink.handle())
-            .await
-            .map_err(|e| chain(&e))?;
-    }
+    let facts = load::host_facts(&inputs, &netlink).await?;
     let mut events = router_sys::events::subscribe()
         .await
         .map_err(|e| chain(&e))?;
@@ -137,9 +132,8 @@ pub async fn run(inputs: Inputs, programs: Programs) -> Result<(), String> {
     let wan = checked.config.wan.interface.clone();
     let wan_address = first_address(&netlink, &wan).await;
     let wan_carrier = matches!(netlink.link_state(&wan).await, Ok(Some(s)) if s.carrier);
-    let wan_up = checked.config.wan.mode == WanMode::Static || wan_address.is_some();
-    let plan = compile(&checked, &facts, wan_up)
-        .map_err(|e| format!("{}: {e}", inputs.config.display()))?;
+    let plan = plan_for(&checked, &facts, wan_address)
+        .map_err(|d| load::refused(&format!("{} on this host", inputs.config.display()), &d))?;
     let mut router = Router {
         plan_hash: plan_hash(&plan),
         plan,
@@ -254,17 +248,26 @@ fn log_answer(what: &str, answer: &Response) {
     }
 }
 
-fn compile(checked: &Checked, facts: &HostFacts, wan_up: bool) -> Result<Plan, String> {
+/// The WAN has an address phones may be NATed to: always when it is
+/// static, in DHCP mode once it has one.
+fn wan_up(checked: &Checked, wan_address: Option<Ipv4Net>) -> bool {
+    match checked.config.wan.mode {
+        WanMode::Static => true,
+        WanMode::Dhcp => wan_address.is_some(),
+    }
+}
+
+/// The plan for `checked` on this host, with the WAN as it is now.
+fn plan_for(
+    checked: &Checked,
+    facts: &HostFacts,
+    wan_address: Option<Ipv4Net>,
+) -> Result<Plan, Vec<Diagnostic>> {
     let facts = HostFacts {
-        wan_up,
+        wan_up: wan_up(checked, wan_address),
         ..facts.clone()
     };
-    router_plan::compile(checked, &facts).map_err(|d| {
-        d.iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; ")
-    })
+    router_plan::compile(checked, &facts)
 }
 
 /// Opens the control socket (root only), replacing a stale one.
@@ -346,10 +349,7 @@ impl Router {
 
     /// The WAN has an address phones may be NATed to.
     fn wan_up(&self) -> bool {
-        match self.checked.config.wan.mode {
-            WanMode::Static => true,
-            WanMode::Dhcp => self.wan_address.is_some(),
-        }
+        wan_up(&self.checked, self.wan_address)
     }
 
     /// The phone and Wi-Fi calling networks, whose flows a WAN change makes stale.
@@ -566,17 +566,7 @@ impl Router {
             Err(e) => return Response::Failed { error: e },
         };
         let wan_changed = checked.config.wan != self.checked.config.wan;
-        let wan_up = match checked.config.wan.mode {
-            WanMode::Static => true,
-            WanMode::Dhcp => self.wan_address.is_some(),
-        };
-        let plan = match router_plan::compile(
-            &checked,
-            &HostFacts {
-                wan_up,
-                ..facts.clone()
-            },
-        ) {
+        let plan = match plan_for(&checked, &facts, self.wan_address) {
             Ok(p) => p,
             Err(diags) => {
                 return Response::Refused {
@@ -687,11 +677,7 @@ impl Router {
     /// Re-plans for the current WAN state if it changed what phones may do.
     async fn replan_for_wan(&mut self) {
         let want = self.wan_up();
-        let facts = HostFacts {
-            wan_up: want,
-            ..self.facts.clone()
-        };
-        match router_plan::compile(&self.checked, &facts) {
+        match plan_for(&self.checked, &self.facts, self.wan_address) {
             Ok(plan) => {
                 if plan.nft.fingerprint() == self.plan.nft.fingerprint() {
                     return;
@@ -709,7 +695,7 @@ impl Router {
                 }
             }
             Err(d) => {
-                let e = format!("{d:?}");
+                let e = load::refused("planning for the WAN state", &d);
                 error!(error = %e, "cannot plan for the WAN state");
                 self.last_error = Some(e);
             }

@@ -74,6 +74,21 @@ pub fn facts(inputs: &Inputs) -> Result<HostFacts, String> {
     }
 }
 
+/// The host facts routerd plans for: [`facts`], and from the kernel also
+/// whether it has fq_codel (the shaper's leaves depend on it), probed once.
+pub async fn host_facts(
+    inputs: &Inputs,
+    netlink: &router_sys::links::Netlink,
+) -> Result<HostFacts, String> {
+    let mut facts = facts(inputs)?;
+    if inputs.facts.is_none() {
+        facts.fq_codel = router_sys::tc::fq_codel_available(netlink.handle())
+            .await
+            .map_err(|e| chain(&e))?;
+    }
+    Ok(facts)
+}
+
 /// A refusal: the heading, then every problem on its own line.
 pub fn refused(what: &str, diags: &[Diagnostic]) -> String {
     let lines: Vec<String> = diags.iter().map(|d| format!("  {d}")).collect();

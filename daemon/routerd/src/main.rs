@@ -121,9 +121,6 @@ fn once(args: &Args, inputs: &Inputs) -> Result<(), String> {
     for w in &checked.warnings {
         eprintln!("routerd: {w}");
     }
-    let facts = load::facts(inputs)?;
-    let plan = router_plan::compile(&checked, &facts)
-        .map_err(|d| load::refused(&format!("{} on this host", args.config.display()), &d))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -131,17 +128,9 @@ fn once(args: &Args, inputs: &Inputs) -> Result<(), String> {
     let netlink = runtime
         .block_on(async { router_sys::links::Netlink::open() })
         .map_err(|e| chain(&e))?;
-    let plan = if args.facts.is_none() {
-        // The shaper's leaves depend on what this kernel has.
-        let fq_codel = runtime
-            .block_on(router_sys::tc::fq_codel_available(netlink.handle()))
-            .map_err(|e| chain(&e))?;
-        let facts = router_config::HostFacts { fq_codel, ..facts };
-        router_plan::compile(&checked, &facts)
-            .map_err(|d| load::refused(&format!("{} on this host", args.config.display()), &d))?
-    } else {
-        plan
-    };
+    let facts = runtime.block_on(load::host_facts(inputs, &netlink))?;
+    let plan = router_plan::compile(&checked, &facts)
+        .map_err(|d| load::refused(&format!("{} on this host", args.config.display()), &d))?;
     let links = runtime.block_on(async {
         let changes = netlink.apply(&plan.links).await.map_err(|e| chain(&e))?;
         let drift = netlink.verify(&plan.links).await.map_err(|e| chain(&e))?;
