@@ -33,8 +33,9 @@ while [ $# -gt 0 ]; do
 done
 [ "$(id -u)" = 0 ] || { echo "qemu-tests/run-router.sh: needs root (network namespace, tap devices, image build); run it with sudo" >&2; exit 2; }
 
-version=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' "$repo/Cargo.toml")
-image=${image:-$repo/target/image/router-$version-x86_64.img}
+# shellcheck source=qemu-tests/world.sh
+. "$repo/qemu-tests/world.sh"
+image=${image:-$(world_default_image)}
 if $build || [ ! -f "$image" ]; then
   if ! command -v cargo > /dev/null && [ -n "${SUDO_USER:-}" ]; then
     # sudo dropped the user's PATH: build routerd as the user, with their toolchain.
@@ -48,44 +49,23 @@ fi
 [ -f "$image" ] || { echo "qemu-tests/run-router.sh: no image $image" >&2; exit 2; }
 image=$(realpath "$image")
 
-need=()
-command -v qemu-system-x86_64 > /dev/null || need+=(qemu-system-x86)
-command -v qemu-img > /dev/null || need+=(qemu-utils)
-command -v dnsmasq > /dev/null || need+=(dnsmasq-base)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "== installing ${need[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" > /dev/null
-fi
+world_install
 
 work=$(mktemp -d /tmp/router-lab.XXXXXX)
 ns=rtrlab-$$
-dnsmasq_pid=
 # shellcheck disable=SC2317 # run by the trap
 cleanup() {
-  if [ -n "$dnsmasq_pid" ]; then kill "$dnsmasq_pid" 2> /dev/null || true; fi
-  ip netns del "$ns" 2> /dev/null || true
+  world_stop "$ns"
   rm -rf "$work"
 }
 trap cleanup EXIT
-
-ip netns add "$ns"
-ip -n "$ns" link set lo up
-for tap in wan0 lan0; do
-  ip -n "$ns" tuntap add dev "$tap" mode tap
-  ip -n "$ns" link set "$tap" up
-done
-ip -n "$ns" addr add 198.51.100.1/24 dev wan0
+world_start "$ns" "$work"
+# The PC on the LAN port.
 ip -n "$ns" addr add 192.168.1.100/24 dev lan0
-ip netns exec "$ns" dnsmasq --keep-in-foreground --conf-file=/dev/null --port=0 \
-  --interface=wan0 --bind-interfaces --dhcp-range=198.51.100.10,198.51.100.20,255.255.255.0,1h \
-  --dhcp-option=option:router,198.51.100.1 --dhcp-option=option:dns-server,198.51.100.1 \
-  --dhcp-leasefile="$work/isp.leases" --pid-file="$work/isp.pid" --log-facility="$work/isp.log" &
-dnsmasq_pid=$!
 qemu-img create -q -f qcow2 -F raw -b "$image" "$work/disk.qcow2"
 
 cat << EOF
-== router $version, image $image
+== router image $image
 == serial console below (a root shell once it has booted); quit QEMU with Ctrl-A then X
 == the ISP (198.51.100.1) and a PC (192.168.1.100) from another terminal:
 ==   sudo ip netns exec $ns bash
