@@ -13,7 +13,7 @@
 //! WAN DHCP client asks for the address the WAN already has. So a restart
 //! (or a crash) does not drop a call.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -854,9 +854,9 @@ impl Router {
             .map(ToString::to_string)
             .collect();
         let mut addresses = Vec::new();
-        let mut seen = BTreeMap::new();
+        let mut seen = BTreeSet::new();
         for a in &self.plan.links.addresses {
-            if a.ifname == wan || seen.insert(a.ifname.clone(), ()).is_some() {
+            if a.ifname == wan || !seen.insert(a.ifname.clone()) {
                 continue;
             }
             for addr in self

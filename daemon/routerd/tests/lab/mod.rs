@@ -136,15 +136,6 @@ impl Ns {
     }
 }
 
-/// How the router's WAN port is set up by [`Lab::address_router_ports`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Wan {
-    /// [`WAN_ADDR`]/24 and a default route via [`ISP_ADDR`] (`wan.mode = "static"`).
-    Static,
-    /// Up, no address: something else (a DHCP client) addresses it.
-    Unaddressed,
-}
-
 /// The outcome of one probe by tests/lab/peer.py.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -436,31 +427,6 @@ impl Lab {
         }
         lab.sh(Ns::Router, "ip link set lo up");
         Some(lab)
-    }
-
-    /// Addresses the router's ports as the lab configs say, brings them up
-    /// and adds the default route: the links part of the plan. A routerd
-    /// that applies links itself then finds nothing to change (and verifies
-    /// it); one that does not still gets a routed router.
-    pub fn address_router_ports(&self, wan: Wan) {
-        let wan_addr = match wan {
-            Wan::Static => format!(
-                "ip addr add {WAN_ADDR}/24 dev {WAN_IF}
-                 ip link set {WAN_IF} up
-                 ip route add default via {ISP_ADDR}"
-            ),
-            Wan::Unaddressed => format!("ip link set {WAN_IF} up"),
-        };
-        self.sh(
-            Ns::Router,
-            &format!(
-                "ip addr add {LAN_ROUTER}/24 dev {LAN_IF}
-                 ip addr add {PHONES_ROUTER}/24 dev {PHONES_IF}
-                 ip link set {LAN_IF} up
-                 ip link set {PHONES_IF} up
-                 {wan_addr}"
-            ),
-        );
     }
 
     /// The argv that runs routerd with `args` in the router's namespace,
