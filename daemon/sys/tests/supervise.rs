@@ -427,6 +427,17 @@ async fn a_leftover_instance_of_the_same_command_is_stopped_first() {
             .unwrap(),
     );
     let old = leftover.0.id();
+    // A real leftover has long been running its program; this one must have
+    // got past exec before the supervisor reads its command line.
+    let cmdline = format!("/proc/{old}/cmdline");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !std::fs::read(&cmdline)
+        .unwrap_or_default()
+        .starts_with(argv[0].as_bytes())
+    {
+        assert!(Instant::now() < deadline, "{cmdline}: never exec'd");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     std::fs::write(&pidfile, format!("{old}\n")).unwrap();
 
     let name = unique("adopter");
