@@ -37,11 +37,11 @@ fi
 
 # The router ships Debian trixie's userland (nft 1.1.3, dnsmasq 2.91); the host
 # may have older ones. Tests that set ROUTERD_TRIXIE_ROOT also run them there;
-# busybox provides the WAN DHCP client (udhcpc).
+# busybox provides the WAN DHCP client (udhcpc), chrony the phones' time server.
 export ROUTERD_TRIXIE_ROOT=${ROUTERD_TRIXIE_ROOT:-/var/cache/routerd/trixie-test-root}
 echo "== trixie root filesystem for tests: $ROUTERD_TRIXIE_ROOT"
 as_root mkdir -p "$(dirname "$ROUTERD_TRIXIE_ROOT")"
-as_root image/trixie-root.sh "$ROUTERD_TRIXIE_ROOT" nftables dnsmasq-base busybox
+as_root image/trixie-root.sh "$ROUTERD_TRIXIE_ROOT" nftables dnsmasq-base busybox chrony
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -54,6 +54,7 @@ packages=(
   busybox-static # init, the shell tools, the WAN DHCP client (udhcpc), the initramfs
   nftables       # nft 1.1.3: routerd loads the ruleset with it
   dnsmasq-base   # DHCP and DNS for the LAN side
+  chrony         # chronyd: the phones' time server, synchronised to the provider
   kmod           # modprobe, depmod
   mount          # mount, umount
   e2fsprogs      # the data partition: mkfs.ext4, e2fsck

@@ -10,6 +10,7 @@ pub mod firewall;
 pub mod links;
 pub mod net;
 pub mod nft;
+pub mod ntp;
 pub mod qos;
 pub mod sysctl;
 
@@ -35,6 +36,8 @@ pub struct Plan {
     pub links: links::LinksPlan,
     /// The DHCP/DNS server (dnsmasq) and the WAN's DHCP client.
     pub dhcp: dhcp::DhcpPlan,
+    /// The time service (chronyd) for the phones.
+    pub ntp: ntp::NtpPlan,
     /// Shaping rates and the voice reservation.
     pub qos: qos::QosPlan,
     /// Warnings from validation and planning, sorted.
@@ -54,6 +57,8 @@ pub enum Part {
     Links,
     /// dnsmasq config and the WAN DHCP client.
     Dhcp,
+    /// The chrony config.
+    Ntp,
 }
 
 impl std::str::FromStr for Part {
@@ -65,7 +70,12 @@ impl std::str::FromStr for Part {
             "sysctl" => Part::Sysctl,
             "links" => Part::Links,
             "dhcp" => Part::Dhcp,
-            _ => return Err(format!("unknown part `{s}` (nft, tc, sysctl, links, dhcp)")),
+            "ntp" => Part::Ntp,
+            _ => {
+                return Err(format!(
+                    "unknown part `{s}` (nft, tc, sysctl, links, dhcp, ntp)"
+                ))
+            }
         })
     }
 }
@@ -82,6 +92,8 @@ pub fn compile(checked: &Checked, facts: &HostFacts) -> Result<Plan, Vec<Diagnos
     diags.extend(checked.warnings.iter().cloned());
     let qos = qos::qos_for(checked, facts);
     diags.extend(qos.warnings.iter().cloned());
+    let ntp = ntp::ntp(checked, &nets, facts);
+    diags.extend(ntp.warnings.iter().cloned());
     diags.sort_by(|a, b| (a.severity, &a.path, &a.message).cmp(&(b.severity, &b.path, &b.message)));
     diags.dedup();
     Ok(Plan {
@@ -90,6 +102,7 @@ pub fn compile(checked: &Checked, facts: &HostFacts) -> Result<Plan, Vec<Diagnos
         sysctls: sysctl::sysctls(checked, &nets, facts),
         links: links::links(checked, &nets),
         dhcp: dhcp::dhcp(checked, &nets, facts),
+        ntp,
         qos,
         warnings: diags,
     })
@@ -104,6 +117,7 @@ impl Plan {
             Part::Sysctl => sysctl::render(&self.sysctls),
             Part::Links => self.links.render(),
             Part::Dhcp => self.dhcp.render(),
+            Part::Ntp => self.ntp.render(),
         }
     }
 
@@ -117,6 +131,7 @@ impl Plan {
             ("links", Part::Links),
             ("sysctl", Part::Sysctl),
             ("dhcp", Part::Dhcp),
+            ("ntp", Part::Ntp),
             ("tc", Part::Tc),
             ("nft", Part::Nft),
         ] {

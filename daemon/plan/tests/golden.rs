@@ -5,8 +5,8 @@
 //! - `router.toml`: the config; `facts.toml` (optional): mocked host facts;
 //!   `policy.toml` (optional): a provider policy instead of the factory one;
 //! - `expected.diag`: every diagnostic, one per line (empty when none);
-//! - `expected.nft`: the nft script; `expected.plan`: links, sysctl, dhcp and
-//!   tc (both absent when the config is refused).
+//! - `expected.nft`: the nft script; `expected.plan`: links, sysctl, dhcp, ntp
+//!   and tc (both absent when the config is refused).
 //!
 //! A mismatch prints a full diff. `BLESS=1 cargo test -p router-plan --test golden`
 //! rewrites the expected files. Every expected ruleset is also loaded with
@@ -125,6 +125,7 @@ fn render_plan(plan: &Plan) -> String {
         ("links", Part::Links),
         ("sysctl", Part::Sysctl),
         ("dhcp", Part::Dhcp),
+        ("ntp", Part::Ntp),
         ("tc", Part::Tc),
     ] {
         let _ = writeln!(out, "### {name}");

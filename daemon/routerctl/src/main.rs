@@ -59,7 +59,7 @@ enum Verb {
         /// Host facts (TOML); default: every interface the config names exists.
         #[arg(long)]
         facts: Option<PathBuf>,
-        /// Print one part only: nft (the exact `nft -f` script), tc, sysctl, links, dhcp.
+        /// Print one part only: nft (the exact `nft -f` script), tc, sysctl, links, dhcp, ntp.
         #[arg(long)]
         part: Option<Part>,
     },

@@ -229,7 +229,7 @@ mod tests {
     use router_sys::control::{ChildState, WanStatus};
 
     #[test]
-    fn status_text_shows_a_wan_without_address_and_a_dead_child() {
+    fn status_text_shows_a_wan_without_address_and_each_child() {
         let s = Status {
             version: "0.1.0".into(),
             config_path: "/etc/routerd/router.toml".into(),
@@ -249,13 +249,22 @@ mod tests {
                 last_change_unix: Some(995),
             },
             addresses: vec!["eth1 192.168.1.1/24".into()],
-            children: vec![ChildState {
-                name: "dnsmasq".into(),
-                pid: None,
-                running: false,
-                restarts: 3,
-                last_exit: Some("exit status: 2".into()),
-            }],
+            children: vec![
+                ChildState {
+                    name: "dnsmasq".into(),
+                    pid: None,
+                    running: false,
+                    restarts: 3,
+                    last_exit: Some("exit status: 2".into()),
+                },
+                ChildState {
+                    name: "chronyd".into(),
+                    pid: Some(4242),
+                    running: true,
+                    restarts: 1,
+                    last_exit: Some("exit status: 1".into()),
+                },
+            ],
             started_unix: 900,
         };
         let text = render(&s, 1000);
@@ -269,6 +278,10 @@ mod tests {
         );
         assert!(
             text.contains("dnsmasq: NOT RUNNING, 3 restarts, last exit: exit status: 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("chronyd: running, pid 4242, 1 restarts, last exit: exit status: 1"),
             "{text}"
         );
         assert!(text.contains("Last error: cannot start dnsmasq"), "{text}");

@@ -22,6 +22,7 @@ use ipnet::Ipv4Net;
 use router_config::model::WanMode;
 use router_config::{Checked, Diagnostic, HostFacts};
 use router_plan::Plan;
+use router_sys::chrony::{Chrony, ChronyOpts};
 use router_sys::control::{self, ChildState, Request, Response, Status, WanStatus};
 use router_sys::dnsmasq::{Dnsmasq, DnsmasqOpts};
 use router_sys::events::NetEvent;
@@ -53,6 +54,8 @@ pub struct Programs {
     pub nft: Vec<String>,
     /// dnsmasq.
     pub dnsmasq: Vec<String>,
+    /// chronyd.
+    pub chronyd: Vec<String>,
     /// The WAN DHCP client (busybox udhcpc).
     pub dhcp_client: Vec<String>,
     /// routerctl, which the DHCP client's event script runs.
@@ -91,6 +94,8 @@ struct Router {
     wan_carrier: bool,
     wan_last_change: Option<u64>,
     dnsmasq: Option<Dnsmasq>,
+    /// The phones' time server, while the plan has one.
+    chronyd: Option<Chrony>,
     dhcp_client: Option<Supervisor>,
     last_apply: Option<u64>,
     last_error: Option<String>,
@@ -151,6 +156,7 @@ pub async fn run(inputs: Inputs, programs: Programs) -> Result<(), String> {
         wan_carrier,
         wan_last_change: None,
         dnsmasq: None,
+        chronyd: None,
         dhcp_client: None,
         last_apply: None,
         last_error: None,
@@ -422,12 +428,20 @@ impl Router {
                 Err(e) => return Err(format!("writing the dnsmasq config: {e}")),
             }
         }
+        if let (Some(c), Some(conf)) = (&self.chronyd, &self.plan.ntp.chrony_conf) {
+            match c.update(conf).await {
+                Ok(true) => changes.push("chrony config rewritten, chronyd restarted".into()),
+                Ok(false) => {}
+                Err(e) => return Err(format!("writing the chrony config: {e}")),
+            }
+        }
         self.last_apply = Some(now());
         self.last_error = None;
         Ok(changes)
     }
 
-    /// Starts dnsmasq and, in DHCP mode, the WAN DHCP client.
+    /// Starts dnsmasq, chronyd (while the plan has a time service) and, in
+    /// DHCP mode, the WAN DHCP client.
     async fn start_children(&mut self) {
         if self.dnsmasq.is_none() {
             let mut opts = DnsmasqOpts::new(&self.facts);
@@ -439,6 +453,25 @@ impl Router {
                     self.last_error = Some(format!("cannot start dnsmasq: {e}"));
                 }
             }
+        }
+        match (&self.chronyd, &self.plan.ntp.chrony_conf) {
+            (None, Some(conf)) => {
+                let mut opts = ChronyOpts::new(&self.facts);
+                opts.command = self.programs.chronyd.clone();
+                match Chrony::start(opts, conf) {
+                    Ok(c) => self.chronyd = Some(c),
+                    Err(e) => {
+                        error!(error = %e, "cannot start chronyd");
+                        self.last_error = Some(format!("cannot start chronyd: {e}"));
+                    }
+                }
+            }
+            (Some(_), None) => {
+                if let Some(c) = self.chronyd.take() {
+                    c.stop().await;
+                }
+            }
+            _ => {}
         }
         self.write_wan_dns();
         if self.dhcp_mode() && self.dhcp_client.is_none() {
@@ -490,6 +523,9 @@ impl Router {
 
     async fn stop_children(&mut self) {
         if let Some(c) = self.dhcp_client.take() {
+            c.stop().await;
+        }
+        if let Some(c) = self.chronyd.take() {
             c.stop().await;
         }
         if let Some(d) = self.dnsmasq.take() {
@@ -727,9 +763,13 @@ impl Router {
                 self.write_wan_dns();
                 if changed {
                     info!(old = ?self.wan_address, new = %lease.address, "WAN address changed");
+                    let was_down = self.wan_address.is_none();
                     self.wan_address = Some(lease.address);
                     self.wan_last_change = Some(now());
                     self.flush_stale_flows();
+                    if was_down {
+                        self.wan_came_up().await;
+                    }
                 }
                 self.replan_for_wan().await;
                 Response::Done
@@ -821,10 +861,28 @@ impl Router {
         let now_addr = first_address(&self.netlink, &wan).await;
         if now_addr != self.wan_address {
             info!(old = ?self.wan_address, new = ?now_addr, "WAN address changed");
+            let came_up = self.wan_address.is_none() && now_addr.is_some();
             self.wan_address = now_addr;
             self.wan_last_change = Some(now());
             self.flush_stale_flows();
+            if came_up {
+                self.wan_came_up().await;
+            }
             self.replan_for_wan().await;
+        }
+    }
+
+    /// The WAN has an address again. While it had none, chronyd kept
+    /// retrying the provider's server, and its name, at growing intervals
+    /// (up to an hour apart); started over, it asks at once, so the phones
+    /// have time seconds after the WAN comes up.
+    async fn wan_came_up(&self) {
+        if let Some(c) = &self.chronyd {
+            info!(
+                child = "chronyd",
+                "the WAN is up: restarting chronyd to ask the provider now"
+            );
+            c.restart().await;
         }
     }
 
@@ -871,6 +929,9 @@ impl Router {
         let mut children = Vec::new();
         if let Some(d) = &self.dnsmasq {
             children.push(child("dnsmasq", d.status()));
+        }
+        if let Some(c) = &self.chronyd {
+            children.push(child("chronyd", c.status()));
         }
         if let Some(c) = &self.dhcp_client {
             children.push(child("udhcpc", c.status()));

@@ -2,9 +2,9 @@
 //! plan and applies it through router-sys, the only code that touches the
 //! kernel. A config that does not check is refused before anything is touched.
 //!
-//! Without `--once` it stays running: it supervises dnsmasq and the WAN DHCP
-//! client, follows the WAN, answers `routerctl` on its control socket and
-//! reloads on SIGHUP (see `daemon.rs`).
+//! Without `--once` it stays running: it supervises dnsmasq, chronyd and the
+//! WAN DHCP client, follows the WAN, answers `routerctl` on its control
+//! socket and reloads on SIGHUP (see `daemon.rs`).
 
 mod daemon;
 mod load;
@@ -43,6 +43,9 @@ struct Args {
     /// The dnsmasq command (split on spaces).
     #[arg(long, default_value = "dnsmasq")]
     dnsmasq: String,
+    /// The chronyd command, the phones' time server (split on spaces).
+    #[arg(long, default_value = "chronyd")]
+    chronyd: String,
     /// The WAN DHCP client command (split on spaces).
     #[arg(long, default_value = "busybox udhcpc")]
     dhcp_client: String,
@@ -52,7 +55,7 @@ struct Args {
     /// Run-time files and the control socket.
     #[arg(long, default_value = "/run/routerd")]
     run_dir: String,
-    /// State that survives reboots (DHCP leases).
+    /// State that survives reboots (DHCP leases, the clock's drift).
     #[arg(long, default_value = "/var/lib/routerd")]
     state_dir: String,
 }
@@ -91,6 +94,7 @@ fn main() -> ExitCode {
         let programs = daemon::Programs {
             nft: words(&args.nft),
             dnsmasq: words(&args.dnsmasq),
+            chronyd: words(&args.chronyd),
             dhcp_client: words(&args.dhcp_client),
             routerctl,
             sysctl_root: args.sysctl_root.clone(),

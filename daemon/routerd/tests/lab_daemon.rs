@@ -43,6 +43,9 @@ fn start_routerd(lab: &Lab) -> Peer {
         "/etc/routerd/router.toml",
         "--routerctl",
         "/opt/routerd/routerctl",
+        // The namespaces share the machine's clock: chronyd must not steer it.
+        "--chronyd",
+        "chronyd -x",
     ]);
     let mut routerd = lab.spawn(Ns::Router, &argv);
     routerd.wait_for("routerd is running", Duration::from_secs(20));
@@ -216,7 +219,11 @@ fn wan_by_dhcp_and_an_address_change_leaves_no_stale_phone_flow() {
         .iter()
         .map(|c| (c["name"].as_str().unwrap(), c["running"] == true))
         .collect();
-    assert_eq!(children, [("dnsmasq", true), ("udhcpc", true)], "{s:#}");
+    assert_eq!(
+        children,
+        [("dnsmasq", true), ("chronyd", true), ("udhcpc", true)],
+        "{s:#}"
+    );
 
     let _sink = sink(&lab, 5060);
     let mut phone = sender(&lab, 5060, 10, 60);

@@ -121,7 +121,7 @@ pub struct WanStatus {
     pub last_change_unix: Option<u64>,
 }
 
-/// A supervised helper process (dnsmasq, the DHCP client).
+/// A supervised helper process (dnsmasq, chronyd, the DHCP client).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChildState {
     /// What it is.

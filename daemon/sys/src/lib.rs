@@ -1,9 +1,10 @@
 //! The apply room: makes a plan real and reads it back. The only code that
 //! touches the kernel (nftables, netlink, /proc/sys, /sys) and other
-//! processes (nft, dnsmasq, the WAN DHCP client). Every operation is
+//! processes (nft, dnsmasq, chronyd, the WAN DHCP client). Every operation is
 //! idempotent and reads the current state first.
 
 pub mod apply;
+pub mod chrony;
 pub mod conntrack;
 pub mod control;
 pub mod dhcpc;
