@@ -22,8 +22,7 @@
 # Cached under /var/cache/routerd, keyed by their inputs:
 #   image-root/           the trixie root file system (trixie-root.sh; keyed
 #                         by its package list)
-#   kernel/<package>_<version>/  the kernel package, unpacked, with depmod run
-#   apt-trixie/           package lists for fetching the kernel
+#   kernel/, apt-trixie/  the kernel package, unpacked (image/kernel.sh)
 #
 # Also written next to the image: the root slot alone
 # (router-<version>-x86_64.rootfs.squashfs, the update payload) and
@@ -112,45 +111,10 @@ $refresh && rm -f "$cache/image-root/.routerd-packages"
 "$repo/image/trixie-root.sh" "$cache/image-root" "${packages[@]}"
 
 # --- the kernel (cached) --------------------------------------------------------
-# Fetched with apt from trixie, with its own lists under $cache/apt-trixie so
-# the host's apt configuration is not touched.
-apt_dir=$cache/apt-trixie
-apt_opts=(
-  -o "Dir::Etc::SourceList=$apt_dir/sources.list" -o "Dir::Etc::SourceParts=/nonexistent"
-  -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::State::Status=$apt_dir/status"
-  -o "Dir::Cache=$apt_dir/cache" -o "Dir::Cache::Archives=$apt_dir/archives"
-  -o "APT::Architecture=amd64" -o "APT::Sandbox::User=root" -o "Debug::NoLocking=true"
-)
-mkdir -p "$apt_dir/lists/partial" "$apt_dir/archives/partial" "$apt_dir/cache"
-touch "$apt_dir/status"
-cat > "$apt_dir/sources.list" << 'EOF'
-deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main
-deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian-security trixie-security main
-EOF
-if $refresh || ! ls "$apt_dir/lists/"*_Packages* > /dev/null 2>&1; then
-  step "apt: trixie package lists"
-  apt-get "${apt_opts[@]}" -qq update
-fi
-kernel_pkg=$(apt-cache "${apt_opts[@]}" depends linux-image-amd64 2> /dev/null |
-  sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*\)$/\1/p' | head -1)
-kernel_ver=$(apt-cache "${apt_opts[@]}" show "$kernel_pkg" 2> /dev/null | sed -n 's/^Version: //p' | head -1)
-if [ -z "$kernel_pkg" ] || [ -z "$kernel_ver" ]; then
-  die "cannot find trixie's linux-image-amd64 (apt lists in $apt_dir)"
-fi
-kdir=$cache/kernel/${kernel_pkg}_$kernel_ver
-if [ ! -e "$kdir/.done" ]; then
-  step "kernel: fetching $kernel_pkg $kernel_ver"
-  rm -rf "$kdir" && mkdir -p "$kdir/deb"
-  (cd "$kdir/deb" && apt-get "${apt_opts[@]}" -qq download "$kernel_pkg=$kernel_ver")
-  mkdir -p "$kdir/root/lib"
-  dpkg-deb -x "$kdir/deb/"*.deb "$kdir/x"
-  mv "$kdir/x/boot" "$kdir/root/boot"
-  mv "$kdir/x/usr/lib/modules" "$kdir/root/lib/modules"
-  rm -rf "$kdir/x" "$kdir/deb"
-  kver=$(ls "$kdir/root/lib/modules")
-  depmod -b "$kdir/root" "$kver"
-  touch "$kdir/.done"
-fi
+step "kernel: trixie's linux-image-amd64"
+if $refresh; then kdir=$("$repo/image/kernel.sh" --refresh); else kdir=$("$repo/image/kernel.sh"); fi
+kernel_pkg=${kdir##*/} kernel_ver=${kdir##*_}
+kernel_pkg=${kernel_pkg%_*}
 kver=$(ls "$kdir/root/lib/modules")
 kmods=$kdir/root/lib/modules/$kver
 
