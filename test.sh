@@ -43,6 +43,10 @@ echo "== trixie root filesystem for tests: $ROUTERD_TRIXIE_ROOT"
 as_root mkdir -p "$(dirname "$ROUTERD_TRIXIE_ROOT")"
 as_root image/trixie-root.sh "$ROUTERD_TRIXIE_ROOT" nftables dnsmasq-base busybox chrony
 
+echo "== shellcheck (image and QEMU scripts)"
+shellcheck -x image/*.sh qemu-tests/*.sh qemu-tests/*/*.sh qemu-tests/lab/world/init \
+  qemu-tests/lab/world/initramfs-init qemu-tests/lab/world/isp-dhcp \
+  qemu-tests/lab/world/first-register qemu-tests/lab/world/dhcp-event
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
@@ -53,7 +57,8 @@ cargo test --workspace --locked
 # The firmware: the Buildroot external tree is consistent with the image
 # build, the disk image builds, and it boots under QEMU (slot A, routerd
 # applies its plan, the WAN gets a lease, a config change survives a reboot
-# into slot B). image/build.sh and the boot test install what they need.
+# into slot B), and the lab proves the specification from outside.
+# image/build.sh and the QEMU tests install what they need.
 echo "== Buildroot external tree"
 buildroot-overlay/check.sh --ci
 echo "== firmware image"
@@ -61,3 +66,7 @@ cargo build --release --locked -p routerd -p routerctl
 as_root image/build.sh --bin-dir "${CARGO_TARGET_DIR:-$PWD/target}/release"
 echo "== boot the image under QEMU"
 as_root qemu-tests/boot/run.sh
+# The lab: the image between a simulated ISP and office (a second VM) with
+# real SIP peers; every line of the provider's specification on the wire.
+echo "== the lab"
+as_root qemu-tests/lab/run.sh

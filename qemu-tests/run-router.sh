@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Boots the router's disk image in QEMU for a person to use: builds the image
-# first if there is none, puts its WAN on a simulated ISP (a DHCP server) and
-# its LAN port on a simulated PC, and gives you the router's serial console in
-# this terminal. Nothing touches the host's own networking: the ISP and the PC
-# are one private network namespace.
+# Boots the router's disk image in the lab for a person to use: builds the
+# image first if there is none, starts the simulated world (a second VM: the
+# ISP, the provider's servers, phones on VLAN 20, a PC, a Wi-Fi-calling
+# device; qemu-tests/lab/world/init has the map) and gives you the router's
+# serial console in this terminal. Nothing touches the host's own
+# networking: the two VMs meet on bridges in a private network namespace.
 #
 #   sudo qemu-tests/run-router.sh [--build] [IMAGE]
 #
@@ -11,15 +12,12 @@
 #   --build  build the image even if one exists (image/build.sh)
 #
 # The console is a root shell on the router's serial port; try
-# e.g. `routerctl status`, `logread | grep routerd`, `nft list ruleset`.
-# Quit QEMU with Ctrl-A then X. The image file is never written: the router
-# runs on a throwaway overlay, so every start is a factory-fresh box.
-#
-# The simulated world (namespace rtrlab-<pid>):
-#   wan0  the router's eth0: the ISP at 198.51.100.1/24 hands out
-#         198.51.100.10-20 by DHCP (documentation addresses)
-#   lan0  the router's eth1, untagged: a PC at 192.168.1.100/24; from
-#         another terminal: sudo ip netns exec rtrlab-<pid> ping 192.168.1.1
+# `routerctl status`, `logread | grep routerd`, `nft list ruleset`,
+# `conntrack -L`, `tc -s class show dev eth0`. Quit QEMU with Ctrl-A then X.
+# The image file is never written: the router runs on a throwaway overlay,
+# so every start is a factory-fresh box. The world's console (a root shell:
+# `ip netns exec phone1 bash`, `cat /tmp/world/kamailio.log`, ...) is printed
+# at the start.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 build=false
@@ -50,32 +48,36 @@ fi
 image=$(realpath "$image")
 
 world_install
-
+command -v socat > /dev/null || {
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends socat > /dev/null
+}
+echo "== the world VM (its root file system is built once, ~30 s)"
 work=$(mktemp -d /tmp/router-lab.XXXXXX)
 ns=rtrlab-$$
+world_pid=
 # shellcheck disable=SC2317 # run by the trap
 cleanup() {
-  world_stop "$ns"
+  [ -z "$world_pid" ] || kill "$world_pid" 2> /dev/null || true
+  wait 2> /dev/null || true
+  ip netns del "$ns" 2> /dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
-world_start "$ns" "$work"
-# The PC on the LAN port.
-ip -n "$ns" addr add 192.168.1.100/24 dev lan0
+world_qemu "unix:$work/world.sock,server=on,wait=off"
+lab_net_start "$ns"
+ip netns exec "$ns" "${world_qemu[@]}" > "$work/qemu-world.log" 2>&1 &
+world_pid=$!
 qemu-img create -q -f qcow2 -F raw -b "$image" "$work/disk.qcow2"
+router_qemu "$work/disk.qcow2" mon:stdio
 
 cat << EOF
 == router image $image
-== serial console below (a root shell once it has booted); quit QEMU with Ctrl-A then X
-== the ISP (198.51.100.1) and a PC (192.168.1.100) from another terminal:
-==   sudo ip netns exec $ns bash
+== the router's serial console is below (a root shell once it has booted);
+== quit QEMU with Ctrl-A then X
+== the simulated world (ISP, provider, phones, PC) from another terminal:
+==   sudo socat -,raw,echo=0,escape=0x1d UNIX-CONNECT:$work/world.sock
+==   (press Enter for its shell; Ctrl-] leaves). phone1 registers by itself:
+==   /tmp/world/first-register.log there; the registrar: /tmp/world/kamailio.log
 EOF
-# The same machine the boot test uses: eth0 = WAN, eth1 = LAN, TCG.
-ip netns exec "$ns" qemu-system-x86_64 -accel tcg -m 256 -smp 1 \
-  -nodefaults -nographic \
-  -drive "file=$work/disk.qcow2,format=qcow2,if=virtio" \
-  -netdev tap,id=wan,ifname=wan0,script=no,downscript=no \
-  -device virtio-net-pci,netdev=wan,mac=52:54:00:00:01:01,addr=0x3 \
-  -netdev tap,id=lan,ifname=lan0,script=no,downscript=no \
-  -device virtio-net-pci,netdev=lan,mac=52:54:00:00:02:01,addr=0x4 \
-  -serial mon:stdio
+ip netns exec "$ns" "${router_qemu[@]}" -nographic

@@ -1,5 +1,6 @@
 # shellcheck shell=bash
 # shellcheck disable=SC2154 # repo is set by the script that sources this file
+# shellcheck disable=SC2034,SC2054 # the QEMU command arrays are for the caller; commas are QEMU's
 # What the QEMU scripts share: the default image path, the host packages
 # they need, and the simulated world the router's two ports plug into.
 # Sourced by qemu-tests/boot/run.sh and qemu-tests/run-router.sh, which set
@@ -18,13 +19,14 @@ world_default_image() {
   echo "$repo/target/image/router-$version-x86_64.img"
 }
 
-# Installs QEMU, qemu-img, dnsmasq, iproute2 and python3 if missing.
+# Installs QEMU, qemu-img, dnsmasq, iproute2, zstd and python3 if missing.
 world_install() {
   local need=()
   command -v qemu-system-x86_64 > /dev/null || need+=(qemu-system-x86)
   command -v qemu-img > /dev/null || need+=(qemu-utils)
   command -v dnsmasq > /dev/null || need+=(dnsmasq-base)
   command -v ip > /dev/null || need+=(iproute2)
+  command -v zstd > /dev/null || need+=(zstd)
   [ -x /usr/bin/python3 ] || need+=(python3)
   if [ ${#need[@]} -gt 0 ]; then
     echo "== installing ${need[*]}"
@@ -57,4 +59,60 @@ world_start() {
 world_stop() {
   if [ -n "$world_dnsmasq_pid" ]; then kill "$world_dnsmasq_pid" 2> /dev/null || true; fi
   ip netns del "$1" 2> /dev/null || true
+}
+
+# --- the lab: the router VM between two bridges, the world VM on the other side ---
+#
+# lab_net_start NS: namespace NS (nothing on the host's own networking) with
+# two bridges: brwan joins the router's WAN port (tap rwan0) to the world's
+# eth0 (tap wwan0), brlan the router's LAN port (rlan0) to the world's eth1
+# (wlan0). Tagged frames (the phone VLANs) pass a plain bridge.
+lab_net_start() {
+  local ns=$1 br tap
+  ip netns add "$ns"
+  ip -n "$ns" link set lo up
+  for br in brwan brlan; do
+    ip -n "$ns" link add "$br" type bridge
+    ip -n "$ns" link set "$br" up
+  done
+  for tap in rwan0:brwan wwan0:brwan rlan0:brlan wlan0:brlan; do
+    ip -n "$ns" tuntap add dev "${tap%:*}" mode tap
+    ip -n "$ns" link set "${tap%:*}" master "${tap#*:}" up
+  done
+}
+
+# router_qemu DISK SERIAL: the router VM's QEMU command in the array
+# router_qemu; its serial port is SERIAL (a QEMU -serial argument). The
+# same machine as the boot test's: eth0 = WAN, eth1 = LAN, TCG.
+router_qemu=()
+router_qemu() {
+  router_qemu=(qemu-system-x86_64 -accel tcg -m 256 -smp 1 -nodefaults -display none
+    -drive "file=$1,format=qcow2,if=virtio"
+    -netdev tap,id=wan,ifname=rwan0,script=no,downscript=no
+    -device virtio-net-pci,netdev=wan,mac=52:54:00:00:01:01,addr=0x3
+    -netdev tap,id=lan,ifname=rlan0,script=no,downscript=no
+    -device virtio-net-pci,netdev=lan,mac=52:54:00:00:02:01,addr=0x4
+    -serial "$2")
+}
+
+# world_qemu SERIAL: the world VM's QEMU command in the array world_qemu
+# (qemu-tests/lab/world-build.sh makes what it boots; the lab's scripts are
+# shared from this checkout). eth0 faces the router's WAN, eth1 its LAN.
+world_qemu=()
+world_qemu() {
+  local built root vmlinux initramfs
+  built=$("$repo/qemu-tests/lab/world-build.sh")
+  read -r root vmlinux initramfs <<< "$built"
+  world_qemu=(qemu-system-x86_64 -accel tcg -m 768 -smp 1 -nodefaults -display none
+    -kernel "$vmlinux" -initrd "$initramfs"
+    -append "console=ttyS0 quiet panic=-1 net.ifnames=0"
+    -fsdev "local,id=world,path=$root,security_model=none,readonly=on"
+    -device virtio-9p-pci,fsdev=world,mount_tag=world,addr=0x5
+    -fsdev "local,id=lab,path=$repo/qemu-tests/lab,security_model=none,readonly=on"
+    -device virtio-9p-pci,fsdev=lab,mount_tag=lab,addr=0x6
+    -netdev tap,id=wan,ifname=wwan0,script=no,downscript=no
+    -device virtio-net-pci,netdev=wan,mac=52:54:00:00:11:01,addr=0x3
+    -netdev tap,id=lan,ifname=wlan0,script=no,downscript=no
+    -device virtio-net-pci,netdev=lan,mac=52:54:00:00:12:01,addr=0x4
+    -serial "$1")
 }
