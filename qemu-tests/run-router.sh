@@ -64,6 +64,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM HUP # the EXIT trap cleans up on a signal too
 world_qemu "unix:$work/world.sock,server=on,wait=off"
 lab_net_start "$ns"
 ip netns exec "$ns" "${world_qemu[@]}" > "$work/qemu-world.log" 2>&1 &

@@ -54,6 +54,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM HUP # the EXIT trap cleans up on a signal too
 world_start "$ns" "$work"
 
 echo "== booting $image (TCG); serial logs: $logs/serial1.log (boot 1), serial2.log (boot 2)"

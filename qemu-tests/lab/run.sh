@@ -63,6 +63,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM HUP # the EXIT trap cleans up on a signal too
 
 echo "== the world VM: $(cd "$repo" && qemu-tests/lab/world-build.sh)"
 world_qemu "unix:$work/world.sock,server=on,wait=on"
