@@ -187,7 +187,7 @@ def main():
     ls.add_argument("--lifetime", type=float, default=60)
     pr = sub.add_parser("probe")
     pr.add_argument("--to", required=True)
-    pr.add_argument("--timeout", type=float, default=1.5)
+    pr.add_argument("--timeout", type=float, default=3.0)
     pr.add_argument("targets", nargs="+")
     pg = sub.add_parser("ping")
     pg.add_argument("--to", required=True)
