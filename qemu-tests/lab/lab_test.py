@@ -443,6 +443,7 @@ class Lab:
         for port in (500, 4500):
             w.ns("wifi", f"python3 {W}/peer.py send-udp {EPDG} {port} {port}")
         w.ns("wifi", f"python3 {W}/peer.py send-esp {EPDG}")
+        w.ns("wifi", f"python3 {W}/peer.py send-ah {EPDG}")
         time.sleep(1)
         w.stop_capture("epdg")
         pk = w.packets("epdg")
@@ -450,8 +451,9 @@ class Lab:
             "udp 500": any(f"{self.wan}.500 > {EPDG}.500" in p for p in pk),
             "udp 4500": any(f"> {EPDG}.4500" in p for p in pk),
             "esp": any("ESP" in p and f"{self.wan} > {EPDG}" in p for p in pk),
+            "ah": any("AH(" in p and f"{self.wan} > {EPDG}" in p for p in pk),
         }
-        self.check("spec W1", "the Wi-Fi-calling device reaches the ePDG on UDP 500, 4500 and ESP",
+        self.check("spec W1", "the Wi-Fi-calling device reaches the ePDG on UDP 500, 4500, ESP and AH",
                    ip.startswith("10.30.0.") and all(got.values()), f"device {ip}; at the ePDG: {got}")
 
     def voice_class(self):

@@ -3,6 +3,7 @@
 
   peer.py send-udp DST PORT [SRC_PORT]     one datagram "probe"
   peer.py send-esp DST                     one ESP packet (IP protocol 50)
+  peer.py send-ah DST                      one AH packet (IP protocol 51)
   peer.py tcp DST PORT [TIMEOUT]           prints "open" or "closed: <why>"
   peer.py serve-tcp IP:PORT...             accepts TCP connections on each
                                            address (and closes them): a
@@ -32,6 +33,12 @@ def main(argv):
         if len(argv) > 4:
             s.bind(("", int(argv[4])))
         s.sendto(b"probe", (argv[2], int(argv[3])))
+        print("sent")
+    elif cmd == "send-ah":
+        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 51)
+        # Next header (UDP), payload length (3: a 12-byte ICV), reserved,
+        # SPI, sequence number, ICV.
+        s.sendto(b"\x11\x03\x00\x00\x00\x00\x10\x02\x00\x00\x00\x01" + b"\x00" * 12, (argv[2], 0))
         print("sent")
     elif cmd == "send-esp":
         s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 50)
