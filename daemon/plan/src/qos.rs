@@ -89,6 +89,14 @@ pub const FIRST_FILTER_PREF: u16 = 10;
 /// preference gets its own hash table, and the kernel numbers those from
 /// 0x800 to 0xfff per qdisc: 2048 in all, the rest of which stay free.
 pub const MAX_DOWNLOAD_FILTERS: usize = 2000;
+/// Below this shaper rate a port feeding the shaper merges received packets
+/// (GRO) only up to one full-size packet, as cake splits aggregates below
+/// 1 Gbit/s: HTB sends an aggregate whole, and a 64 KB one holds a 2 Mbit/s
+/// line for 260 ms, with voice waiting behind it.
+pub const GRO_SPLIT_BELOW_BPS: u64 = 1_000_000_000;
+/// The kernel's default GRO limit (`GRO_LEGACY_MAX_SIZE`), kept at and
+/// above [`GRO_SPLIT_BELOW_BPS`].
+pub const GRO_DEFAULT_MAX: u32 = 65_536;
 
 /// A tc handle or class id, `major:minor`, printed in hex as tc does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -148,8 +156,24 @@ pub struct QosPlan {
     pub ingress: Shaper,
     /// The WAN ingress redirect to the IFB.
     pub redirect: Redirect,
+    /// How large the ports feeding the shapers may merge what they receive:
+    /// the LAN ports feed the upload, the WAN the download. Sorted by name.
+    pub gro: Vec<GroLimit>,
     /// What the shaper cannot do as asked (calls that do not fit, no fq_codel).
     pub warnings: Vec<Diagnostic>,
+}
+
+/// The receive-offload limit of one port: the largest packet GRO may build
+/// from what it receives (IPv4 and IPv6 alike).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GroLimit {
+    /// The port.
+    pub ifname: String,
+    /// Bytes: one full-size packet when its traffic is shaped below
+    /// [`GRO_SPLIT_BELOW_BPS`], the kernel's default otherwise.
+    pub max_bytes: u32,
+    /// The config path or spec line it implements.
+    pub why: String,
 }
 
 /// Which way a shaper works.
@@ -577,7 +601,9 @@ fn build(checked: &Checked, fq_codel: bool) -> QosPlan {
             "this router's kernel has no fq_codel: the shaper's classes queue in plain FIFOs; voice keeps its guarantee, but bulk traffic gets no fair queueing and no AQM",
         ));
     }
+    let gro = gro_limits(checked, &egress, &ingress);
     QosPlan {
+        gro,
         redirect: Redirect {
             from: wan.clone(),
             to: ifb.clone(),
@@ -595,6 +621,65 @@ fn build(checked: &Checked, fq_codel: bool) -> QosPlan {
         ingress,
         warnings,
     }
+}
+
+/// The GRO limit of every port that feeds a shaper: the WAN feeds the
+/// download, the ports of the LAN-side networks (a VLAN's parent) the
+/// upload. A port doing both takes the smaller limit.
+fn gro_limits(checked: &Checked, egress: &Shaper, ingress: &Shaper) -> Vec<GroLimit> {
+    let limit = |s: &Shaper| {
+        if s.shape_bps < GRO_SPLIT_BELOW_BPS {
+            MAX_IP_PACKET as u32
+        } else {
+            GRO_DEFAULT_MAX
+        }
+    };
+    let why = |s: &Shaper, feeds: &str| {
+        if s.shape_bps < GRO_SPLIT_BELOW_BPS {
+            format!(
+                "spec B2: {feeds} is shaped at {} (below {}): received packets are merged only up to one full-size packet, so no aggregate holds the line ahead of voice",
+                format_rate(s.shape_bps),
+                format_rate(GRO_SPLIT_BELOW_BPS)
+            )
+        } else {
+            format!(
+                "spec B2: {feeds} is shaped at {}: the kernel's default aggregates take under 0.6 ms of the line",
+                format_rate(s.shape_bps)
+            )
+        }
+    };
+    let mut ports: std::collections::BTreeMap<String, GroLimit> = Default::default();
+    let mut add = |ifname: &str, s: &Shaper, feeds: &str, path: &str| {
+        let candidate = GroLimit {
+            ifname: ifname.to_string(),
+            max_bytes: limit(s),
+            why: format!("{path}: {}", why(s, feeds)),
+        };
+        match ports.get(ifname) {
+            Some(have) if have.max_bytes <= candidate.max_bytes => {}
+            _ => {
+                ports.insert(ifname.to_string(), candidate);
+            }
+        }
+    };
+    add(
+        &checked.config.wan.interface,
+        ingress,
+        "the download it receives",
+        "wan.interface",
+    );
+    for n in crate::net::networks(checked) {
+        let port = n.vlan.as_ref().map_or(n.ifname.as_str(), |(p, _)| p);
+        if !port.is_empty() {
+            add(
+                port,
+                egress,
+                "the upload it receives",
+                &crate::links::interface_origin(&n),
+            );
+        }
+    }
+    ports.into_values().collect()
 }
 
 /// Everything one direction's sizing needs.
@@ -974,6 +1059,13 @@ impl QosPlan {
             self.redirect.from, self.redirect.pref, self.redirect.to
         );
         self.render_shaper(&mut out, &self.ingress);
+        for g in &self.gro {
+            let _ = writeln!(
+                out,
+                "link {} gro_max_size {} gro_ipv4_max_size {}  # {}",
+                g.ifname, g.max_bytes, g.max_bytes, g.why
+            );
+        }
         out
     }
 
@@ -1085,6 +1177,42 @@ mod tests {
         cfg.line.framing = framing;
         cfg.line.calls = calls;
         checked(cfg)
+    }
+
+    #[test]
+    fn ports_feeding_a_shaper_below_a_gigabit_merge_no_more_than_one_packet() {
+        fn limits(plan: &QosPlan) -> Vec<(&str, u32)> {
+            plan.gro
+                .iter()
+                .map(|g| (g.ifname.as_str(), g.max_bytes))
+                .collect()
+        }
+        // The example: WAN eth0, the data LAN on eth1 with the phones' VLAN on it.
+        let adsl = qos(&line("5M", "2M", Framing::AdslPppoa, None));
+        assert_eq!(limits(&adsl), [("eth0", 1500), ("eth1", 1500)]);
+        assert!(adsl.gro[0].why.starts_with("wan.interface: spec B2"));
+        assert!(adsl.gro[1].why.starts_with("lan.interface: spec B2"));
+        // Shaped at 950 Mbit/s both ways: still below a gigabit.
+        let gig = qos(&line("1000M", "1000M", Framing::Ethernet, None));
+        assert_eq!(limits(&gig), [("eth0", 1500), ("eth1", 1500)]);
+        // Each port follows the shaper it feeds: a fast download, a slow upload.
+        let asym = qos(&line("2500M", "100M", Framing::Ethernet, None));
+        assert_eq!(limits(&asym), [("eth0", GRO_DEFAULT_MAX), ("eth1", 1500)]);
+        let fast = qos(&line("10000M", "10000M", Framing::Ethernet, None));
+        assert_eq!(
+            limits(&fast),
+            [("eth0", GRO_DEFAULT_MAX), ("eth1", GRO_DEFAULT_MAX)]
+        );
+        // A port that is both (the phones on the WAN's port is refused by the
+        // config, so build it by hand) keeps the smaller limit.
+        let mut both = line("2500M", "100M", Framing::Ethernet, None);
+        both.config.lan.interface = "eth0".into();
+        let plan = qos(&both);
+        assert_eq!(plan.gro[0].ifname, "eth0");
+        assert_eq!(plan.gro[0].max_bytes, 1500, "{:?}", plan.gro);
+        assert!(plan.render().contains(
+            "link eth0 gro_max_size 1500 gro_ipv4_max_size 1500  # lan.interface: spec B2"
+        ));
     }
 
     #[test]

@@ -42,8 +42,8 @@ use netlink_packet_route::RouteNetlinkMessage;
 use nix::errno::Errno;
 use router_config::units::format_rate;
 use router_plan::qos::{
-    EtherType, Handle, HtbClass, Leaf, LeafKind, QosPlan, Redirect, Shaper, SizeTable, U32Filter,
-    U32Key, INGRESS, ROOT,
+    EtherType, GroLimit, Handle, HtbClass, Leaf, LeafKind, QosPlan, Redirect, Shaper, SizeTable,
+    U32Filter, U32Key, INGRESS, ROOT,
 };
 use rtnetlink::{LinkIfb, LinkUnspec};
 
@@ -170,7 +170,62 @@ pub async fn apply(handle: &rtnetlink::Handle, plan: &QosPlan) -> Result<Vec<TcC
     apply_shaper(handle, &ifb, &plan.ingress, &mut changes).await?;
     apply_shaper(handle, &wan, &plan.egress, &mut changes).await?;
     apply_redirect(handle, &wan, &ifb, &plan.redirect, &mut changes).await?;
+    apply_gro(handle, &plan.gro, &mut changes).await?;
     Ok(changes)
+}
+
+/// Sets each port's GRO limit (IPv6 and IPv4) where it differs from the plan.
+async fn apply_gro(
+    handle: &rtnetlink::Handle,
+    limits: &[GroLimit],
+    changes: &mut Vec<TcChange>,
+) -> Result<(), TcError> {
+    for g in limits {
+        let dev = device(handle, &g.ifname).await?;
+        if dev.gro == (Some(g.max_bytes), Some(g.max_bytes)) {
+            continue;
+        }
+        let msg = LinkUnspec::new_with_index(dev.index)
+            .append_extra_attribute(LinkAttribute::GroMaxSize(g.max_bytes))
+            .append_extra_attribute(LinkAttribute::GroIpv4MaxSize(g.max_bytes))
+            .build();
+        let object = format!("gro_max_size {}", g.max_bytes);
+        handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|e| write_error(&dev, format!("set {object}"), e))?;
+        changes.push(change(&dev, object, ChangeKind::Changed));
+    }
+    Ok(())
+}
+
+/// The differences between the ports' GRO limits and the plan's.
+async fn diff_gro(handle: &rtnetlink::Handle, limits: &[GroLimit]) -> Result<Vec<String>, TcError> {
+    let mut out = Vec::new();
+    for g in limits {
+        match find_link(handle, &g.ifname).await? {
+            None => out.push(format!("link {} is missing", g.ifname)),
+            Some(dev) => {
+                let want = Some(g.max_bytes);
+                for (name, have) in [
+                    ("gro_max_size", dev.gro.0),
+                    ("gro_ipv4_max_size", dev.gro.1),
+                ] {
+                    if have != want {
+                        let have =
+                            have.map_or_else(|| "not reported".to_string(), |n| n.to_string());
+                        out.push(format!(
+                            "{}: {name} is {have}, the plan has {}",
+                            g.ifname, g.max_bytes
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Reads the kernel's state back and returns one line per difference from
@@ -210,6 +265,7 @@ pub async fn verify(handle: &rtnetlink::Handle, plan: &QosPlan) -> Result<Vec<St
             .iter()
             .map(|s| s.describe(&wan.name)),
     );
+    out.extend(diff_gro(handle, &plan.gro).await?);
     Ok(out)
 }
 
@@ -338,6 +394,8 @@ struct Dev {
     index: u32,
     up: bool,
     kind: Option<String>,
+    /// `IFLA_GRO_MAX_SIZE` and `IFLA_GRO_IPV4_MAX_SIZE`, when the kernel reports them.
+    gro: (Option<u32>, Option<u32>),
 }
 
 fn change(dev: &Dev, object: String, action: ChangeKind) -> TcChange {
@@ -373,9 +431,12 @@ async fn find_link(handle: &rtnetlink::Handle, name: &str) -> Result<Option<Dev>
     })? {
         let mut ifname = None;
         let mut kind = None;
+        let mut gro = (None, None);
         for attr in &msg.attributes {
             match attr {
                 LinkAttribute::IfName(n) => ifname = Some(n.clone()),
+                LinkAttribute::GroMaxSize(n) => gro.0 = Some(*n),
+                LinkAttribute::GroIpv4MaxSize(n) => gro.1 = Some(*n),
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
                         if let LinkInfo::Kind(k) = info {
@@ -395,6 +456,7 @@ async fn find_link(handle: &rtnetlink::Handle, name: &str) -> Result<Option<Dev>
                 index: msg.header.index,
                 up: msg.header.flags.contains(LinkFlags::Up),
                 kind,
+                gro,
             }));
         }
     }
@@ -1846,6 +1908,7 @@ mod tests {
             index: 7,
             up: true,
             kind: None,
+            gro: (None, None),
         }
     }
 
