@@ -82,6 +82,12 @@ lab_net_start() {
 }
 
 # router_qemu DISK SERIAL: the router VM's QEMU command in the array
+# What a port receives: frames no larger than the wire carries. QEMU would
+# otherwise hand a guest the other VM's TCP as 64 KB segments (virtio guest
+# offloads), which no real port receives and which would bypass the router's
+# own GRO limits (spec B2: the shaper must see packets, not aggregates).
+wire_nic=guest_tso4=off,guest_tso6=off,guest_ecn=off,guest_ufo=off
+
 # router_qemu; its serial port is SERIAL (a QEMU -serial argument). The
 # same machine as the boot test's: eth0 = WAN, eth1 = LAN, TCG.
 router_qemu=()
@@ -89,9 +95,9 @@ router_qemu() {
   router_qemu=(qemu-system-x86_64 -accel tcg -m 256 -smp 1 -nodefaults -display none
     -drive "file=$1,format=qcow2,if=virtio"
     -netdev tap,id=wan,ifname=rwan0,script=no,downscript=no
-    -device virtio-net-pci,netdev=wan,mac=52:54:00:00:01:01,addr=0x3
+    -device "virtio-net-pci,netdev=wan,mac=52:54:00:00:01:01,addr=0x3,$wire_nic"
     -netdev tap,id=lan,ifname=rlan0,script=no,downscript=no
-    -device virtio-net-pci,netdev=lan,mac=52:54:00:00:02:01,addr=0x4
+    -device "virtio-net-pci,netdev=lan,mac=52:54:00:00:02:01,addr=0x4,$wire_nic"
     -serial "$2")
 }
 
@@ -111,8 +117,8 @@ world_qemu() {
     -fsdev "local,id=lab,path=$repo/qemu-tests/lab,security_model=none,readonly=on"
     -device virtio-9p-pci,fsdev=lab,mount_tag=lab,addr=0x6
     -netdev tap,id=wan,ifname=wwan0,script=no,downscript=no
-    -device virtio-net-pci,netdev=wan,mac=52:54:00:00:11:01,addr=0x3
+    -device "virtio-net-pci,netdev=wan,mac=52:54:00:00:11:01,addr=0x3,$wire_nic"
     -netdev tap,id=lan,ifname=wlan0,script=no,downscript=no
-    -device virtio-net-pci,netdev=lan,mac=52:54:00:00:12:01,addr=0x4
+    -device "virtio-net-pci,netdev=lan,mac=52:54:00:00:12:01,addr=0x4,$wire_nic"
     -serial "$1")
 }
