@@ -47,11 +47,11 @@ FRAME = {"atm": 1696, "ethernet": 1518}  # a 1500-byte IP packet on the line, by
 SETTINGS = ["none", "cake", "ours"]
 CASES = [
     dict(name="ADSL 5/2", down=5_000_000, up=2_000_000, framing="atm", buffer_ms=150,
-         sed="", cake="atm overhead 10", calls=[16, 17, 18, 20], idle=18, seconds=30),
+         sed="", cake="atm overhead 10", calls=[16, 17, 18, 20], idle=18, voice_only=17, seconds=30),
     dict(name="fibre 100/100", down=100_000_000, up=100_000_000, framing="ethernet", buffer_ms=50,
          sed=r's/^down = .*/down = "100M"/; s/^up = .*/up = "100M"/; '
              r's/^framing = .*/framing = "ethernet"\ncalls = 100/',
-         cake="overhead 18", calls=[100], idle=100, seconds=15),
+         cake="overhead 18", calls=[100], idle=100, voice_only=100, seconds=15),
 ]
 
 
@@ -466,6 +466,9 @@ class Bench:
                         self.setting(setting, case)
                     for calls in case["calls"]:
                         self.rows.append((case, setting, calls, self.run(case, setting, calls, True)))
+                # Ours with the calls and no bulk: what the shaper itself adds.
+                calls = case["voice_only"]
+                self.rows.append((case, "ours, voice only", calls, self.run(case, "ours", calls, False)))
                 # Idle again at the end: the baseline is the quieter of the two.
                 self.setting("none", case)
                 self.rows.append((case, "none, idle at the end", case["idle"],
