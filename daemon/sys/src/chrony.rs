@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use router_config::HostFacts;
 
 use crate::dnsmasq::write_conf;
-use crate::supervise::{same_command, ChildStatus, SuperviseOpts, Supervisor};
+use crate::supervise::{cmdline, exited, same_command, ChildStatus, SuperviseOpts, Supervisor};
 
 /// The command that runs chronyd on the router.
 pub const DEFAULT_COMMAND: &str = "chronyd";
@@ -161,9 +161,9 @@ fn clear_stale_pidfile(path: &Path, argv: &[String]) -> io::Result<()> {
     };
     let ours = text
         .trim()
-        .parse::<u32>()
+        .parse::<i32>()
         .ok()
-        .filter(|pid| live(*pid))
+        .filter(|pid| !exited(*pid))
         .and_then(cmdline)
         .is_some_and(|cmd| same_command(&cmd, argv));
     if ours {
@@ -182,26 +182,6 @@ fn clear_stale_pidfile(path: &Path, argv: &[String]) -> io::Result<()> {
         )),
         _ => Ok(()),
     }
-}
-
-/// Whether `pid` runs and has not exited (a zombie has).
-fn live(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit_once(") ")
-            .and_then(|(_, rest)| rest.chars().next())
-            .is_some_and(|state| state != 'Z' && state != 'X')
-    })
-}
-
-/// A process's command line from /proc.
-fn cmdline(pid: u32) -> Option<Vec<String>> {
-    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    Some(
-        raw.split(|b| *b == 0)
-            .filter(|part| !part.is_empty())
-            .map(|part| String::from_utf8_lossy(part).into_owned())
-            .collect(),
-    )
 }
 
 #[cfg(test)]
@@ -271,7 +251,7 @@ mod tests {
         let dir = TempDir::new();
         let path = dir.0.join("chronyd.pid");
         // The test's own command line stands in for a leftover chronyd.
-        let me = cmdline(std::process::id()).unwrap();
+        let me = cmdline(i32::try_from(std::process::id()).unwrap()).unwrap();
         std::fs::write(&path, format!("{}\n", std::process::id())).unwrap();
         clear_stale_pidfile(&path, &me).unwrap();
         assert!(path.exists());

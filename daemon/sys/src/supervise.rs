@@ -437,7 +437,8 @@ fn write_pidfile(path: &Path, pid: u32) -> io::Result<()> {
 /// process. A zombie's is empty.
 /// Whether `pid` has finished exiting: gone, or a zombie (`Z`/`X` in
 /// /proc/PID/stat) waiting for its parent.
-fn exited(pid: i32) -> bool {
+/// Whether `pid` is gone or has exited (a zombie has).
+pub(crate) fn exited(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
         Ok(stat) => !matches!(
@@ -447,7 +448,8 @@ fn exited(pid: i32) -> bool {
     }
 }
 
-fn cmdline(pid: i32) -> Option<Vec<String>> {
+/// A process's command line from /proc.
+pub(crate) fn cmdline(pid: i32) -> Option<Vec<String>> {
     let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     Some(
         raw.split(|b| *b == 0)
