@@ -284,10 +284,13 @@ class Lab:
         spec = re.search(r"^(\d+) calls at the provider's 100\.0 kbit/s", text, re.M)
         real = re.search(r"^(\d+) calls with real G\.711 framing: .* take ([\d.]+) kbit/s", text, re.M)
         wifi = re.search(r"^(\d+) Wi-Fi calls at 128\.0 kbit/s", text, re.M)
-        self.check("spec B1, B2, B4", "routerctl capacity on the router: 5/2 Mbit ADSL carries 20 calls at 100 kbit/s; fewer with ATM framing",
+        kept = re.search(r"^(\d+) calls protected from bulk traffic by the shaper", text, re.M)
+        self.check("spec B1, B2, B4", "routerctl capacity on the router: 5/2 Mbit ADSL carries 20 calls at 100 kbit/s; "
+                   "fewer with ATM framing, fewer again under the shaper",
                    rc == 0 and spec and spec.group(1) == "20" and real and int(real.group(1)) < 20
-                   and float(real.group(2)) > 100 and wifi and wifi.group(1) == "15",
-                   " | ".join(out[1:4]))
+                   and float(real.group(2)) > 100 and wifi and wifi.group(1) == "15"
+                   and kept and int(kept.group(1)) < int(real.group(1)),
+                   " | ".join(out[1:5]))
 
     def port_table(self):
         w = self.world

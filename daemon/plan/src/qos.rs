@@ -592,7 +592,7 @@ fn build(checked: &Checked, fq_codel: bool) -> QosPlan {
                     s.direction.word(),
                     format_rate(s.shape_bps),
                     s.direction.config_path(),
-                    format_rate(sizing.voice_room(s.shape_bps)),
+                    format_rate(voice_room(s.line_bps, per_call_bps).voice_bps),
                     s.voice_calls,
                 ),
             ));
@@ -685,6 +685,43 @@ fn gro_limits(checked: &Checked, egress: &Shaper, ingress: &Shaper) -> Vec<GroLi
     ports.into_values().collect()
 }
 
+/// What one direction's shaper keeps for voice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VoiceRoom {
+    /// The shaper's rate: [`SHAPE_PERCENT`] of the line, whole bytes.
+    pub shape_bps: u64,
+    /// What bulk is guaranteed ([`BULK_MIN_PERCENT`] of the shaper).
+    pub bulk_bps: u64,
+    /// The most the voice class may be guaranteed.
+    pub voice_bps: u64,
+    /// Calls of `per_call_bps` that fit in `voice_bps`.
+    pub calls: u64,
+}
+
+/// The room for voice under the shaper of a `line_bps` line, and how many
+/// calls of `per_call_bps` on the wire it holds: the figure the tree is
+/// built from, and what `routerctl capacity` prints beside the line's own.
+pub fn voice_room(line_bps: u64, per_call_bps: u64) -> VoiceRoom {
+    let shape_bps = whole_bytes(line_bps * SHAPE_PERCENT / 100).max(2 * MIN_RATE_BPS);
+    let bulk_bps = bulk_min(shape_bps);
+    let voice_bps = shape_bps.saturating_sub(bulk_bps);
+    VoiceRoom {
+        shape_bps,
+        bulk_bps,
+        voice_bps,
+        calls: voice_bps / per_call_bps.max(1),
+    }
+}
+
+/// Bulk's guarantee under a shaper of `shape_bps`: [`BULK_MIN_PERCENT`] of
+/// it, in whole bytes rounded up.
+fn bulk_min(shape_bps: u64) -> u64 {
+    (shape_bps * BULK_MIN_PERCENT)
+        .div_ceil(100 * 8)
+        .saturating_mul(8)
+        .max(MIN_RATE_BPS)
+}
+
 /// Everything one direction's sizing needs.
 struct Sizing {
     framing: Framing,
@@ -705,20 +742,6 @@ impl Sizing {
         u32::try_from(self.framing.wire_bytes(MAX_IP_PACKET)).unwrap_or(u32::MAX)
     }
 
-    /// The most the voice class may be guaranteed under a shaper of `shape_bps`.
-    fn voice_room(&self, shape_bps: u64) -> u64 {
-        shape_bps.saturating_sub(self.bulk_min(shape_bps))
-    }
-
-    /// Bulk's guarantee under a shaper of `shape_bps`: [`BULK_MIN_PERCENT`]
-    /// of it, in whole bytes rounded up.
-    fn bulk_min(&self, shape_bps: u64) -> u64 {
-        (shape_bps * BULK_MIN_PERCENT)
-            .div_ceil(100 * 8)
-            .saturating_mul(8)
-            .max(MIN_RATE_BPS)
-    }
-
     /// `burst` for a class at `bps`: [`BURST_MICROS`] of sending, at least
     /// one full-size packet.
     fn burst(&self, bps: u64) -> u32 {
@@ -733,15 +756,15 @@ impl Sizing {
         line_bps: u64,
         filters: Vec<U32Filter>,
     ) -> Shaper {
-        let shape_bps = whole_bytes(line_bps * SHAPE_PERCENT / 100).max(2 * MIN_RATE_BPS);
-        let fit = self.voice_room(shape_bps) / self.per_call_bps.max(1);
-        let voice_calls = self.calls.min(fit);
+        let room = voice_room(line_bps, self.per_call_bps);
+        let shape_bps = room.shape_bps;
+        let voice_calls = self.calls.min(room.calls);
         let voice_bps = (voice_calls * self.per_call_bps).max(MIN_RATE_BPS);
         // Bulk is guaranteed only its minimum: the rest of the line is lent
         // to voice first (prio 0), so a burst of voice or a call more than
         // planned drains ahead of bulk instead of queueing at exactly its
         // rate; bulk borrows whatever voice leaves.
-        let bulk_bps = self.bulk_min(shape_bps);
+        let bulk_bps = room.bulk_bps;
         let quantum = self.max_frame();
         let line = format!(
             "{}: the line's {}, shaped at {SHAPE_PERCENT}% so the queue is ours, not the modem's",
@@ -1279,6 +1302,13 @@ mod tests {
         assert_eq!(down.class(BULK_CLASS).unwrap().rate_bps, 237_504);
         // Unset calls: no warning, the render says what fits.
         assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
+        // What `routerctl capacity` prints is what the tree holds.
+        let room = voice_room(2_000_000, 106_000);
+        assert_eq!(
+            (room.shape_bps, room.bulk_bps, room.voice_bps, room.calls),
+            (1_900_000, 95_000, 1_805_000, up.voice_calls)
+        );
+        assert_eq!(voice_room(5_000_000, 106_000).calls, 42);
     }
 
     #[test]

@@ -292,9 +292,9 @@ fn print(inputs: &Inputs, facts: Option<&Path>, part: Option<Part>) -> Result<Ex
     Ok(ExitCode::SUCCESS)
 }
 
-/// A rate as people read it: `2 Mbit/s`, `87.2 kbit/s`.
+/// A rate as people read it: `2 Mbit/s`, `1.805 Mbit/s`, `87.2 kbit/s`.
 fn kbit(bps: u64) -> String {
-    if bps >= 1_000_000 && bps % 100_000 == 0 {
+    if bps >= 1_000_000 && bps % 1_000 == 0 {
         format!("{} Mbit/s", bps as f64 / 1e6)
     } else {
         format!("{:.1} kbit/s", bps as f64 / 1000.0)
@@ -350,6 +350,17 @@ fn capacity_cmd(
         cap.wire_calls,
         framing.as_str(),
         kbit(cap.wire_per_call_bps)
+    ));
+    // What the router's own shaper protects: the voice class of the slower
+    // direction's tree (routerctl print --part tc).
+    let room = router_plan::qos::voice_room(cap.limiting_bps, cap.wire_per_call_bps);
+    println(format!(
+        "{} calls protected from bulk traffic by the shaper: it shapes the {slower}load at {}% ({}) and keeps {} for other traffic, {} for voice",
+        room.calls,
+        router_plan::qos::SHAPE_PERCENT,
+        kbit(room.shape_bps),
+        kbit(room.bulk_bps),
+        kbit(room.voice_bps)
     ));
     println(format!(
         "{} Wi-Fi calls at {} per call (spec B4)",

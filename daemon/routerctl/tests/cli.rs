@@ -144,6 +144,11 @@ fn capacity_of_five_two_is_twenty_calls_and_shows_framing() {
     );
     assert!(atm.contains("18 calls with real G.711 framing"), "{atm}");
     assert!(atm.contains("106.0 kbit/s per call"), "{atm}");
+    // The tree's upload voice class: 95 % of 2 Mbit/s less bulk's 5 %.
+    assert!(
+        atm.contains("17 calls protected from bulk traffic by the shaper: it shapes the upload at 95% (1.9 Mbit/s) and keeps 95.0 kbit/s for other traffic, 1.805 Mbit/s for voice"),
+        "{atm}"
+    );
 }
 
 #[test]
