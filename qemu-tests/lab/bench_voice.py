@@ -12,6 +12,16 @@ voice packet where it arrives; sender and receiver share the world's
 clock, so the one-way delay is exact. Prints a markdown table, whether each
 setting meets the target, and the router's counters.
 
+To tell the router's part from the lab's, each run also measures how late
+the world's senders ran against their 20 ms clock and how late the shaper
+timers ran on the router and in the line emulation (tracefs), and prints the
+largest delay of each second.
+
+A subset, to look into one row (the idle and voice-only rows always run):
+  ROUTERD_BENCH_SETTINGS=ours,cake ROUTERD_BENCH_CALLS=17 run.sh --bench
+ROUTERD_BENCH_DELAY_MS=N adds N ms each way between the ISP and the
+internet (netem), for a round trip like a real line's; 0 by default.
+
 The same file runs inside the world VM (as /lab/bench_voice.py):
   bench_voice.py send near|far LOCAL REMOTE FIRST COUNT TOTAL SECONDS OUT
   bench_voice.py summarize DIR
@@ -75,7 +85,7 @@ def send(role, local, remote, first, count, total, seconds, out):
             s.settimeout(30)
             s.connect(s.recvfrom(2048)[1])
     buf = bytearray(os.urandom(PAYLOAD))
-    sent = [0] * count
+    sent, late = [0] * count, []
     t0 = time.monotonic() + 0.1
     for seq in range(int(seconds * 50)):
         for i, s in enumerate(socks):
@@ -84,6 +94,7 @@ def send(role, local, remote, first, count, total, seconds, out):
                 time.sleep(wait)
             elif wait < -1:  # the VM cannot keep up: skip rather than overrun
                 continue
+            late.append(round(-wait * 1000, 1) if wait < 0 else 0.0)
             PKT.pack_into(buf, 0, MAGIC, first + i, 0, seq, time.time_ns())
             try:
                 s.send(buf)
@@ -91,7 +102,7 @@ def send(role, local, remote, first, count, total, seconds, out):
             except OSError:  # the phone's side closed first (ICMP unreachable)
                 pass
     with open(out, "w") as f:
-        json.dump({str(first + i): n for i, n in enumerate(sent)}, f)
+        json.dump(dict(sent={str(first + i): n for i, n in enumerate(sent)}, late=late), f)
 
 
 def pcap_packets(path):
@@ -123,12 +134,13 @@ def direction(sent, pcaps, mid, up):
     and the p99 of its two parts, split where the packet crossed the ISP's
     end of the WAN link (`mid`): the router's part and the line's (modem
     or DSLAM buffer)."""
-    owd, last, ipdv, parts = {}, {}, [], ([], [])
+    owd, last, ipdv, parts, first_sent = {}, {}, [], ([], []), {}
     for path in pcaps:
         for t, stream, seq, t_send, _ in pcap_packets(path):
             if (stream, seq) in owd:
                 continue
             d = owd[stream, seq] = (t - t_send) / 1e6
+            first_sent[stream, seq] = t_send
             if (stream, seq) in mid:
                 first, second = (mid[stream, seq] - t_send) / 1e6, (t - mid[stream, seq]) / 1e6
                 parts[0].append(first if up else second)
@@ -137,7 +149,13 @@ def direction(sent, pcaps, mid, up):
                 ipdv.append(abs(d - last[stream][1]))
             last[stream] = (seq, d)
     total = sum(sent.values())
+    # The largest delay in each second of the run, ms.
+    start, per_second = min(first_sent.values(), default=0), {}
+    for key, d in owd.items():
+        b = int((first_sent[key] - start) / 1e9)
+        per_second[b] = max(per_second.get(b, 0), d)
     return dict(sent=total, got=len(owd), loss=100 * (total - len(owd)) / total if total else 100.0,
+                per_second=[round(per_second.get(b, 0)) for b in range(max(per_second, default=-1) + 1)],
                 p50=pct(owd.values(), 50), p99=pct(owd.values(), 99),
                 jitter=sum(ipdv) / len(ipdv) if ipdv else None,
                 router_p99=pct(parts[0], 99), line_p99=pct(parts[1], 99))
@@ -159,19 +177,25 @@ def bulk(path):
 
 def summarize(d):
     def sent(role):
-        out = {}
+        out, late = {}, []
         for name in os.listdir(d):
             if name.startswith(role + "-") and name.endswith(".json"):
                 with open(os.path.join(d, name)) as f:
-                    out.update(json.load(f))
-        return out
+                    j = json.load(f)
+                out.update(j["sent"])
+                late += j["late"]
+        return out, late
 
     mid = {True: {}, False: {}}
     for t, stream, seq, _, up in pcap_packets(f"{d}/line.pcap"):
         mid[up].setdefault((stream, seq), t)
-    res = dict(up=direction(sent("near"), [f"{d}/up.pcap"], mid[True], True),
-               down=direction(sent("far"), [f"{d}/{n}" for n in sorted(os.listdir(d))
-                                            if n.startswith("down-") and n.endswith(".pcap")], mid[False], False))
+    near, far = sent("near"), sent("far")
+    res = dict(up=direction(near[0], [f"{d}/up.pcap"], mid[True], True),
+               down=direction(far[0], [f"{d}/{n}" for n in sorted(os.listdir(d))
+                                       if n.startswith("down-") and n.endswith(".pcap")], mid[False], False))
+    # How late the world sent the voice against its 20 ms clock: a late
+    # sender makes a burst, which a class at its rate drains slowly.
+    res["up"]["send_late_p99"], res["down"]["send_late_p99"] = pct(near[1], 99), pct(far[1], 99)
     for way in ("up", "down"):
         res[f"bulk_{way}"], res[f"bulk_{way}_note"] = bulk(f"{d}/bulk-{way}.log")
     print(json.dumps(res))
@@ -233,6 +257,12 @@ class Bench:
         self.lab, self.w, self.r = lab, lab.world, lab.router
         self.quick = quick
         self.cases = CASES[:1] if quick else CASES
+        # A subset, to look into one row: ROUTERD_BENCH_SETTINGS=ours,cake
+        # ROUTERD_BENCH_CALLS=17 (the idle and voice-only rows always run).
+        env = lambda k: [x for x in os.environ.get(k, "").split(",") if x]
+        self.settings = env("ROUTERD_BENCH_SETTINGS") or SETTINGS
+        self.calls = [int(x) for x in env("ROUTERD_BENCH_CALLS")]
+        self.delay_ms = int(os.environ.get("ROUTERD_BENCH_DELAY_MS", "0"))
         self.rows, self.notes = [], []
 
     def must(self, host, cmd, what, timeout=60):
@@ -266,6 +296,12 @@ class Bench:
         # upload's line emulation.
         self.must(w, "ip -n provider link set down0 gso_max_segs 1 && ip -n isp link set eth0 gro_max_size 1500",
                   "segment-sized packets on the emulated line")
+        # The internet's part of the round trip, both ways between the ISP
+        # and the provider's and internet hosts.
+        if self.delay_ms:
+            self.must(w, f"ip netns exec isp tc qdisc replace dev up0 root netem delay {self.delay_ms}ms limit 100000 && "
+                      f"ip netns exec provider tc qdisc replace dev down0 root netem delay {self.delay_ms}ms "
+                      "limit 100000", "the internet's delay")
         self.must(self.r, "cp /etc/routerd/router.toml /tmp/bench-factory.toml", "saving the router's config")
 
     def line(self, case):
@@ -337,6 +373,42 @@ class Bench:
         if not ok:
             raise BenchError(f"the router is not (or no longer) in setting '{name}': {q[:600]}")
 
+    # The router's shaper sends from a timer (qdisc_watchdog) whenever its
+    # line is backlogged. tracefs pairs each arming of that timer with its
+    # expiry; how late it ran is time the line idled for nothing.
+    TRACE = "/sys/kernel/tracing"
+    TIMER_ON = (f"T={TRACE}; [ -d $T/events/timer ] || mount -t tracefs nodev $T; "
+                "a=$(grep ' qdisc_watchdog$' /proc/kallsyms | cut -d' ' -f1); [ -n \"$a\" ] && "
+                "echo 0 > $T/tracing_on && echo > $T/trace && echo 16384 > $T/buffer_size_kb && "
+                "for e in hrtimer_start hrtimer_expire_entry; do "
+                "echo \"function == 0x$a\" > $T/events/timer/$e/filter && "
+                "echo 1 > $T/events/timer/$e/enable || a=; done && [ -n \"$a\" ] && echo 1 > $T/tracing_on")
+    # Lateness in µs of each expiry (now - expires of the timer's last
+    # arming), sorted; prints: count p50 p99 max overruns.
+    TIMER_OFF = (f"T={TRACE}; echo 0 > $T/tracing_on; "
+                 "busybox awk '{h=$0; sub(/.*hrtimer=/, \"\", h); sub(/ .*/, \"\", h)} "
+                 "/hrtimer_start:/ {e=$0; sub(/.* expires=/, \"\", e); sub(/ .*/, \"\", e); x[h]=e} "
+                 "/hrtimer_expire_entry:/ && (h in x) {n=$0; sub(/.* now=/, \"\", n); sub(/ .*/, \"\", n); "
+                 "print int((n - x[h]) / 1000); delete x[h]}' $T/trace | sort -n | "
+                 "busybox awk '{v[NR]=$1} END {print NR, v[int(NR*0.5)+1]+0, v[int(NR*0.99)+1]+0, v[NR]+0}' && "
+                 "cat $T/per_cpu/cpu*/stats | busybox awk '/^overrun:/ {o+=$2} END {print o+0}'; "
+                 "for e in hrtimer_start hrtimer_expire_entry; do echo 0 > $T/events/timer/$e/enable; done; "
+                 "echo > $T/trace")
+
+    def timer_lateness(self, host):
+        """{count, p50, p99, max} in ms of how late the shaper timers of
+        `host` ran during the run (the router's shaper; the world's: the
+        line emulation), or None if they could not be traced."""
+        rc, out = host.sh(self.TIMER_OFF, 120)
+        w = " ".join(out).split()
+        if rc != 0 or len(w) != 5 or not all(x.lstrip("-").isdigit() for x in w):
+            self.note(f"the shaper's timer could not be traced: {' | '.join(out[-3:])}")
+            return None
+        n, p50, p99, top, overrun = (int(x) for x in w)
+        if overrun:
+            self.note(f"the timer trace lost {overrun} events")
+        return dict(count=n, p50=p50 / 1000, p99=p99 / 1000, max=top / 1000) if n else None
+
     def cpu(self):
         """(world, router) /proc/stat totals and idle times, the host's load."""
         def stat(host):
@@ -362,6 +434,7 @@ class Bench:
             for way, flag, port in (("up", "", 5201), ("down", "-R", 5202)):
                 w.bg("pc", f"bench/bulk-{way}", f"iperf3 -c {BULK} -p {port} {flag} -t {t + 6} -O 3 -P 4 -J")
             time.sleep(3)  # TCP out of slow start, the modem's buffer full
+        traced = [h.sh(self.TIMER_ON, 30)[0] == 0 for h in (self.r, self.w)]
         share = {p: (calls + i) // len(self.phones) for i, p in enumerate(self.phones)}
         for role in ("far", "near"):
             first = 0
@@ -381,10 +454,12 @@ class Bench:
             raise BenchError("iperf3 did not finish")
         w.sh("sleep 1; pkill -INT -f 'tcpdump.*bench/'; sleep 1")
         after, cpu1 = self.counters(), self.cpu()
+        timer = [self.timer_lateness(h) if on else None for h, on in zip((self.r, self.w), traced)]
         res = json.loads(self.must(w, f"python3 {ME} summarize {d}", "summarizing the run", 300)[-1])
         res["seconds"] = t
         busy = [100 - 100 * (b[1] - a[1]) / max(1, b[0] - a[0]) for a, b in zip(cpu0[:2], cpu1[:2])]
         res["cpu"] = dict(world=busy[0], router=busy[1], host_load=cpu1[2])
+        res["timer"], res["line_timer"] = timer
         # A capture that lost packets (the VM overloaded) overstates the loss.
         res["capture_lost"] = 0
         for name in [c[1] for c in caps]:
@@ -394,6 +469,9 @@ class Bench:
                 res["capture_lost"] += int(lost) if lost.isdigit() and name != "line" else 0
         self.check_setting(setting)
         label = f"{case['name']}, {setting}, {calls} calls{'' if loaded else ', idle'}"
+        for way in ("up", "down"):
+            self.note(f"{label}: the world sent the voice {way} up to {res[way]['send_late_p99']} ms late "
+                      f"(p99); largest delay each second, ms: {res[way].pop('per_second')}")
         print(f"bench: {label}: {json.dumps(res)}", flush=True)
         for (where, *_), b, a in zip(self.COUNTERS, before, after):
             if moved(b, a):
@@ -419,6 +497,7 @@ class Bench:
         main = ["| line | setting | calls | voice loss up/down % | one-way p50 up/down ms | p99 up/down ms "
                 "| added p99 up/down ms | jitter up/down ms | bulk up/down Mbit/s | target |"]
         split = ["| line | setting | calls | p99 in the router up/down ms | p99 in the modem/DSLAM up/down ms "
+                 "| voice sent late p99 up/down ms | shaper timer late p99/max ms: router / line "
                  "| CPU busy world/router % | host load |"]
         for t in (main, split):
             t.append("|" + "---|" * (t[0].count("|") - 1))
@@ -448,7 +527,9 @@ class Bench:
                         f"| {f(added['up'])} / {f(added['down'])} | {two(res, 'jitter')} "
                         f"| {mbit(res, 'up')} / {mbit(res, 'down')} | {verdict} |")
             cpu = res["cpu"]
-            split.append(head + f"| {two(res, 'router_p99')} | {two(res, 'line_p99')} "
+            late = " / ".join(f"{tm['p99']:.1f}, {tm['max']:.1f}" if tm else "-"
+                              for tm in (res.get("timer"), res.get("line_timer")))
+            split.append(head + f"| {two(res, 'router_p99')} | {two(res, 'line_p99')} | {two(res, 'send_late_p99')} | {late} "
                          f"| {cpu['world']:.0f} / {cpu['router']:.0f} | {cpu['host_load']:.1f} |")
         return "\n".join(main) + "\n\n" + "\n".join(split)
 
@@ -462,12 +543,17 @@ class Bench:
                 self.verify_line(case)
                 self.rows.append((case, "none, idle", case["idle"], self.run(case, "none", case["idle"], False)))
                 for setting in SETTINGS:
+                    if setting not in self.settings:
+                        continue
                     if setting != "none":
                         self.setting(setting, case)
                     for calls in case["calls"]:
+                        if self.calls and calls not in self.calls:
+                            continue
                         self.rows.append((case, setting, calls, self.run(case, setting, calls, True)))
                 # Ours with the calls and no bulk: what the shaper itself adds.
                 calls = case["voice_only"]
+                self.setting("ours", case)
                 self.rows.append((case, "ours, voice only", calls, self.run(case, "ours", calls, False)))
                 # Idle again at the end: the baseline is the quieter of the two.
                 self.setting("none", case)
