@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! 1:   htb, default 1:20, size table for line.framing
-//! └ 1:1   the line: rate = ceil = 95 % of the line rate
+//! └ 1:1   the line: rate = ceil = 95 % of line.up, 85 % of line.down
 //!   ├ 1:10  voice: prio 0, rate = calls x one call on the wire, ceil = the line
 //!   │ └ 10:   fq_codel (a FIFO when the kernel lacks fq_codel)
 //!   └ 1:20  bulk: prio 1, rate = 5 % of the line, ceil = the line
@@ -47,9 +47,17 @@ use router_config::units::format_rate;
 use router_config::{Checked, Diagnostic, HostFacts};
 use serde::Serialize;
 
-/// Share of the line rate the shaper uses: below the modem's rate so the
-/// bottleneck queue is ours (the same margin sqm-scripts recommends).
-pub const SHAPE_PERCENT: u64 = 95;
+/// Share of the upload rate the shaper uses: below the modem's rate so the
+/// bottleneck queue is ours (the margin sqm-scripts recommends).
+pub const UPLOAD_SHAPE_PERCENT: u64 = 95;
+
+/// Share of the download rate the IFB's shaper uses. Lower than the
+/// upload's: the router shapes the download after the line, so the only
+/// way it slows a sender is by dropping, an RTT later. Meanwhile TCP's
+/// bursts queue in the DSLAM, where voice waits behind them, and a wider
+/// margin drains them faster (sqm-scripts advises 85-90 % for ingress;
+/// measured in docs/qos.md).
+pub const DOWNLOAD_SHAPE_PERCENT: u64 = 85;
 
 /// Share of the shaper always left to bulk traffic, so TCP acknowledgements,
 /// DNS and the PCs keep moving however many calls are configured.
@@ -197,10 +205,19 @@ impl Direction {
         }
     }
 
-    fn word(self) -> &'static str {
+    /// "upload" or "download".
+    pub fn word(self) -> &'static str {
         match self {
             Direction::Egress => "upload",
             Direction::Ingress => "download",
+        }
+    }
+
+    /// Share of the line rate this direction's shaper uses.
+    pub fn shape_percent(self) -> u64 {
+        match self {
+            Direction::Egress => UPLOAD_SHAPE_PERCENT,
+            Direction::Ingress => DOWNLOAD_SHAPE_PERCENT,
         }
     }
 }
@@ -586,13 +603,14 @@ fn build(checked: &Checked, fq_codel: bool) -> QosPlan {
             warnings.push(Diagnostic::warning(
                 "line.calls",
                 format!(
-                    "{} calls need {} on the wire, but the {} shaper ({}, {SHAPE_PERCENT}% of {}) keeps at most {} for voice: the voice class holds {} calls, the others are not protected from bulk traffic (spec B2)",
+                    "{} calls need {} on the wire, but the {} shaper ({}, {}% of {}) keeps at most {} for voice: the voice class holds {} calls, the others are not protected from bulk traffic (spec B2)",
                     checked.calls,
                     format_rate(checked.calls * per_call_bps),
                     s.direction.word(),
                     format_rate(s.shape_bps),
+                    s.direction.shape_percent(),
                     s.direction.config_path(),
-                    format_rate(voice_room(s.line_bps, per_call_bps).voice_bps),
+                    format_rate(voice_room(s.direction, s.line_bps, per_call_bps).voice_bps),
                     s.voice_calls,
                 ),
             ));
@@ -688,7 +706,8 @@ fn gro_limits(checked: &Checked, egress: &Shaper, ingress: &Shaper) -> Vec<GroLi
 /// What one direction's shaper keeps for voice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VoiceRoom {
-    /// The shaper's rate: [`SHAPE_PERCENT`] of the line, whole bytes.
+    /// The shaper's rate: [`Direction::shape_percent`] of the line, whole
+    /// bytes.
     pub shape_bps: u64,
     /// What bulk is guaranteed ([`BULK_MIN_PERCENT`] of the shaper).
     pub bulk_bps: u64,
@@ -698,11 +717,12 @@ pub struct VoiceRoom {
     pub calls: u64,
 }
 
-/// The room for voice under the shaper of a `line_bps` line, and how many
-/// calls of `per_call_bps` on the wire it holds: the figure the tree is
-/// built from, and what `routerctl capacity` prints beside the line's own.
-pub fn voice_room(line_bps: u64, per_call_bps: u64) -> VoiceRoom {
-    let shape_bps = whole_bytes(line_bps * SHAPE_PERCENT / 100).max(2 * MIN_RATE_BPS);
+/// The room for voice under the `direction` shaper of a `line_bps` line,
+/// and how many calls of `per_call_bps` on the wire it holds: the figure
+/// the tree is built from, and what `routerctl capacity` prints beside the
+/// line's own.
+pub fn voice_room(direction: Direction, line_bps: u64, per_call_bps: u64) -> VoiceRoom {
+    let shape_bps = whole_bytes(line_bps * direction.shape_percent() / 100).max(2 * MIN_RATE_BPS);
     let bulk_bps = bulk_min(shape_bps);
     let voice_bps = shape_bps.saturating_sub(bulk_bps);
     VoiceRoom {
@@ -756,7 +776,7 @@ impl Sizing {
         line_bps: u64,
         filters: Vec<U32Filter>,
     ) -> Shaper {
-        let room = voice_room(line_bps, self.per_call_bps);
+        let room = voice_room(direction, line_bps, self.per_call_bps);
         let shape_bps = room.shape_bps;
         let voice_calls = self.calls.min(room.calls);
         let voice_bps = (voice_calls * self.per_call_bps).max(MIN_RATE_BPS);
@@ -767,9 +787,10 @@ impl Sizing {
         let bulk_bps = room.bulk_bps;
         let quantum = self.max_frame();
         let line = format!(
-            "{}: the line's {}, shaped at {SHAPE_PERCENT}% so the queue is ours, not the modem's",
+            "{}: the line's {}, shaped at {}% so the queue is ours, not the modem's",
             direction.config_path(),
-            direction.word()
+            direction.word(),
+            direction.shape_percent()
         );
         let source = if self.calls_configured {
             "line.calls".to_string()
@@ -1295,20 +1316,22 @@ mod tests {
         assert_eq!(up.voice_bps(), 1_802_000);
         // Bulk is guaranteed 5%; the 3k left over go to voice first.
         assert_eq!(up.class(BULK_CLASS).unwrap().rate_bps, 95_000);
+        // The download is shaped at 85%: 4250k, bulk's 5% rounded up to
+        // whole bytes.
         let down = &plan.ingress;
-        assert_eq!(down.shape_bps, 4_750_000);
+        assert_eq!(down.shape_bps, 4_250_000);
         assert_eq!(down.voice_calls, 18);
         assert_eq!(down.voice_bps(), 1_908_000);
-        assert_eq!(down.class(BULK_CLASS).unwrap().rate_bps, 237_504);
+        assert_eq!(down.class(BULK_CLASS).unwrap().rate_bps, 212_504);
         // Unset calls: no warning, the render says what fits.
         assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
         // What `routerctl capacity` prints is what the tree holds.
-        let room = voice_room(2_000_000, 106_000);
+        let room = voice_room(Direction::Egress, 2_000_000, 106_000);
         assert_eq!(
             (room.shape_bps, room.bulk_bps, room.voice_bps, room.calls),
             (1_900_000, 95_000, 1_805_000, up.voice_calls)
         );
-        assert_eq!(voice_room(5_000_000, 106_000).calls, 42);
+        assert_eq!(voice_room(Direction::Ingress, 5_000_000, 106_000).calls, 38);
     }
 
     #[test]
@@ -1328,16 +1351,20 @@ mod tests {
     fn symmetric_fibre_dedicates_voice_and_lends_the_rest_to_both() {
         // spec B3: 100/100 fibre, 100 calls of 87.2k = 8.72M for voice.
         let plan = qos(&line("100M", "100M", Framing::Ethernet, Some(100)));
-        for s in plan.shapers() {
-            assert_eq!(s.shape_bps, 95_000_000);
+        // Upload at 95%, download at 85%.
+        for (s, shape) in [(&plan.egress, 95_000_000), (&plan.ingress, 85_000_000)] {
+            assert_eq!(s.shape_bps, shape);
             assert_eq!(s.voice_calls, 100);
             assert_eq!(s.voice_bps(), 8_720_000);
             let bulk = s.class(BULK_CLASS).unwrap();
-            assert_eq!(bulk.rate_bps, 4_750_000);
-            assert_eq!(bulk.ceil_bps, 95_000_000);
-            assert_eq!(s.class(VOICE_CLASS).unwrap().ceil_bps, 95_000_000);
-            // 1 ms at 95 Mbit is more than one frame.
-            assert_eq!(s.class(LINE_CLASS).unwrap().burst, 11_875);
+            assert_eq!(bulk.rate_bps, shape / 20);
+            assert_eq!(bulk.ceil_bps, shape);
+            assert_eq!(s.class(VOICE_CLASS).unwrap().ceil_bps, shape);
+            // 1 ms at 85-95 Mbit is more than one frame.
+            assert_eq!(
+                s.class(LINE_CLASS).unwrap().burst,
+                u32::try_from(shape / 8_000).unwrap()
+            );
         }
         assert!(plan.warnings.is_empty());
     }

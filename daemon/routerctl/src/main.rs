@@ -13,6 +13,7 @@ use router_config::line::{capacity, voice_wire_bps};
 use router_config::model::Framing;
 use router_config::units::parse_rate;
 use router_config::{Checked, Diagnostic, HostFacts, ProviderPolicy};
+use router_plan::qos::{voice_room, Direction};
 use router_plan::Part;
 
 /// Where a provider policy replaced at run time lives; the firmware's factory
@@ -351,13 +352,18 @@ fn capacity_cmd(
         framing.as_str(),
         kbit(cap.wire_per_call_bps)
     ));
-    // What the router's own shaper protects: the voice class of the slower
-    // direction's tree (routerctl print --part tc).
-    let room = router_plan::qos::voice_room(cap.limiting_bps, cap.wire_per_call_bps);
+    // What the router's own shaper protects: the smaller voice class of the
+    // two trees (routerctl print --part tc).
+    let (direction, room) = [(Direction::Egress, up_bps), (Direction::Ingress, down_bps)]
+        .into_iter()
+        .map(|(d, bps)| (d, voice_room(d, bps, cap.wire_per_call_bps)))
+        .min_by_key(|(_, room)| room.calls)
+        .expect("two directions");
     println(format!(
-        "{} calls protected from bulk traffic by the shaper: it shapes the {slower}load at {}% ({}) and keeps {} for other traffic, {} for voice",
+        "{} calls protected from bulk traffic by the shaper: it shapes the {} at {}% ({}) and keeps {} for other traffic, {} for voice",
         room.calls,
-        router_plan::qos::SHAPE_PERCENT,
+        direction.word(),
+        direction.shape_percent(),
         kbit(room.shape_bps),
         kbit(room.bulk_bps),
         kbit(room.voice_bps)

@@ -149,6 +149,12 @@ fn capacity_of_five_two_is_twenty_calls_and_shows_framing() {
         atm.contains("17 calls protected from bulk traffic by the shaper: it shapes the upload at 95% (1.9 Mbit/s) and keeps 95.0 kbit/s for other traffic, 1.805 Mbit/s for voice"),
         "{atm}"
     );
+    // On a symmetric line the download's wider margin decides.
+    let fibre = text(&routerctl(&["capacity", "--down", "100M", "--up", "100M"]).stdout);
+    assert!(
+        fibre.contains("926 calls protected from bulk traffic by the shaper: it shapes the download at 85% (85 Mbit/s)"),
+        "{fibre}"
+    );
 }
 
 #[test]
