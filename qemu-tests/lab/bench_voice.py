@@ -129,34 +129,44 @@ def pct(values, p):
     return v[min(len(v) - 1, round(p / 100 * (len(v) - 1)))] if v else None
 
 
+EDGE_NS = 1_000_000_000  # delay statistics leave out the first and last second
+
+
 def direction(sent, pcaps, mid, up):
     """Loss %, one-way delay p50/p99 and mean |IPDV| (ms) of one direction,
     and the p99 of its two parts, split where the packet crossed the ISP's
     end of the WAN link (`mid`): the router's part and the line's (modem
-    or DSLAM buffer)."""
-    owd, last, ipdv, parts, first_sent = {}, {}, [], ([], []), {}
+    or DSLAM buffer). Loss counts every packet. The delays leave out the
+    first and the last second of sending, when the world starts and stops
+    the senders (as iperf3 omits its first seconds); the largest delay of
+    each second, edges included, is returned beside them."""
+    owd, t_sent = {}, {}
     for path in pcaps:
         for t, stream, seq, t_send, _ in pcap_packets(path):
-            if (stream, seq) in owd:
-                continue
-            d = owd[stream, seq] = (t - t_send) / 1e6
-            first_sent[stream, seq] = t_send
-            if (stream, seq) in mid:
-                first, second = (mid[stream, seq] - t_send) / 1e6, (t - mid[stream, seq]) / 1e6
-                parts[0].append(first if up else second)
-                parts[1].append(second if up else first)
-            if last.get(stream, (None,))[0] == seq - 1:
-                ipdv.append(abs(d - last[stream][1]))
-            last[stream] = (seq, d)
-    total = sum(sent.values())
-    # The largest delay in each second of the run, ms.
-    start, per_second = min(first_sent.values(), default=0), {}
-    for key, d in owd.items():
-        b = int((first_sent[key] - start) / 1e9)
+            if (stream, seq) not in owd:
+                owd[stream, seq], t_sent[stream, seq] = t, t_send
+    lo, hi = min(t_sent.values(), default=0), max(t_sent.values(), default=0)
+    steady = lambda key: lo + EDGE_NS <= t_sent[key] <= hi - EDGE_NS
+    delays, parts, ipdv, last, per_second = [], ([], []), [], {}, {}
+    for (stream, seq) in sorted(owd):
+        key, t_send = (stream, seq), t_sent[stream, seq]
+        d = (owd[key] - t_send) / 1e6
+        b = int((t_send - lo) / 1e9)
         per_second[b] = max(per_second.get(b, 0), d)
+        if not steady(key):
+            continue
+        delays.append(d)
+        if key in mid:
+            first, second = (mid[key] - t_send) / 1e6, (owd[key] - mid[key]) / 1e6
+            parts[0].append(first if up else second)
+            parts[1].append(second if up else first)
+        if last.get(stream, (None,))[0] == seq - 1:
+            ipdv.append(abs(d - last[stream][1]))
+        last[stream] = (seq, d)
+    total = sum(sent.values())
     return dict(sent=total, got=len(owd), loss=100 * (total - len(owd)) / total if total else 100.0,
                 per_second=[round(per_second.get(b, 0)) for b in range(max(per_second, default=-1) + 1)],
-                p50=pct(owd.values(), 50), p99=pct(owd.values(), 99),
+                p50=pct(delays, 50), p99=pct(delays, 99),
                 jitter=sum(ipdv) / len(ipdv) if ipdv else None,
                 router_p99=pct(parts[0], 99), line_p99=pct(parts[1], 99))
 
