@@ -140,31 +140,31 @@ def direction(sent, pcaps, mid, up):
     first and the last second of sending, when the world starts and stops
     the senders (as iperf3 omits its first seconds); the largest delay of
     each second, edges included, is returned beside them."""
-    owd, t_sent = {}, {}
+    arrived, t_sent = {}, {}
     for path in pcaps:
         for t, stream, seq, t_send, _ in pcap_packets(path):
-            if (stream, seq) not in owd:
-                owd[stream, seq], t_sent[stream, seq] = t, t_send
+            if (stream, seq) not in arrived:
+                arrived[stream, seq], t_sent[stream, seq] = t, t_send
     lo, hi = min(t_sent.values(), default=0), max(t_sent.values(), default=0)
     steady = lambda key: lo + EDGE_NS <= t_sent[key] <= hi - EDGE_NS
     delays, parts, ipdv, last, per_second = [], ([], []), [], {}, {}
-    for (stream, seq) in sorted(owd):
+    for (stream, seq) in sorted(arrived):
         key, t_send = (stream, seq), t_sent[stream, seq]
-        d = (owd[key] - t_send) / 1e6
+        d = (arrived[key] - t_send) / 1e6
         b = int((t_send - lo) / 1e9)
         per_second[b] = max(per_second.get(b, 0), d)
         if not steady(key):
             continue
         delays.append(d)
         if key in mid:
-            first, second = (mid[key] - t_send) / 1e6, (owd[key] - mid[key]) / 1e6
+            first, second = (mid[key] - t_send) / 1e6, (arrived[key] - mid[key]) / 1e6
             parts[0].append(first if up else second)
             parts[1].append(second if up else first)
         if last.get(stream, (None,))[0] == seq - 1:
             ipdv.append(abs(d - last[stream][1]))
         last[stream] = (seq, d)
     total = sum(sent.values())
-    return dict(sent=total, got=len(owd), loss=100 * (total - len(owd)) / total if total else 100.0,
+    return dict(sent=total, got=len(arrived), loss=100 * (total - len(arrived)) / total if total else 100.0,
                 per_second=[round(per_second.get(b, 0)) for b in range(max(per_second, default=-1) + 1)],
                 p50=pct(delays, 50), p99=pct(delays, 99),
                 jitter=sum(ipdv) / len(ipdv) if ipdv else None,
