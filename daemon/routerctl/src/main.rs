@@ -13,7 +13,7 @@ use router_config::line::{capacity, voice_wire_bps};
 use router_config::model::Framing;
 use router_config::units::parse_rate;
 use router_config::{Checked, Diagnostic, HostFacts, ProviderPolicy};
-use router_plan::qos::{voice_room, Direction};
+use router_plan::qos::{per_call_with_headroom, voice_room, Direction, VOICE_HEADROOM_PERCENT};
 use router_plan::Part;
 
 /// Where a provider policy replaced at run time lives; the firmware's factory
@@ -360,13 +360,15 @@ fn capacity_cmd(
         .min_by_key(|(_, room)| room.calls)
         .expect("two directions");
     println(format!(
-        "{} calls protected from bulk traffic by the shaper: it shapes the {} at {}% ({}) and keeps {} for other traffic, {} for voice",
+        "{} calls protected from bulk traffic by the shaper: it shapes the {} at {}% ({}) and keeps {} for other traffic, {} for voice, {} per call with {}% headroom",
         room.calls,
         direction.word(),
         direction.shape_percent(),
         kbit(room.shape_bps),
         kbit(room.bulk_bps),
-        kbit(room.voice_bps)
+        kbit(room.voice_bps),
+        kbit(per_call_with_headroom(cap.wire_per_call_bps)),
+        VOICE_HEADROOM_PERCENT
     ));
     println(format!(
         "{} Wi-Fi calls at {} per call (spec B4)",

@@ -144,15 +144,16 @@ fn capacity_of_five_two_is_twenty_calls_and_shows_framing() {
     );
     assert!(atm.contains("18 calls with real G.711 framing"), "{atm}");
     assert!(atm.contains("106.0 kbit/s per call"), "{atm}");
-    // The tree's upload voice class: 95 % of 2 Mbit/s less bulk's 5 %.
+    // The tree's upload voice class: 95 % of 2 Mbit/s less bulk's 5 %, at
+    // 106 kbit/s and 5 % headroom a call.
     assert!(
-        atm.contains("17 calls protected from bulk traffic by the shaper: it shapes the upload at 95% (1.9 Mbit/s) and keeps 95.0 kbit/s for other traffic, 1.805 Mbit/s for voice"),
+        atm.contains("16 calls protected from bulk traffic by the shaper: it shapes the upload at 95% (1.9 Mbit/s) and keeps 95.0 kbit/s for other traffic, 1.805 Mbit/s for voice, 111.3 kbit/s per call with 5% headroom"),
         "{atm}"
     );
     // On a symmetric line the download's wider margin decides.
     let fibre = text(&routerctl(&["capacity", "--down", "100M", "--up", "100M"]).stdout);
     assert!(
-        fibre.contains("926 calls protected from bulk traffic by the shaper: it shapes the download at 85% (85 Mbit/s)"),
+        fibre.contains("881 calls protected from bulk traffic by the shaper: it shapes the download at 85% (85 Mbit/s)"),
         "{fibre}"
     );
 }

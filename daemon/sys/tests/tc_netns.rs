@@ -143,7 +143,7 @@ fn apply_reads_back_body() {
             "{qdiscs}"
         );
         assert!(
-            qdiscs.contains("qdisc pfifo 10: parent 1:10 limit 34p"),
+            qdiscs.contains("qdisc pfifo 10: parent 1:10 limit 32p"),
             "{qdiscs}"
         );
         assert!(
@@ -157,7 +157,7 @@ fn apply_reads_back_body() {
         let classes = run(&["tc", "class", "show", "dev", "eth0"]);
         for expected in [
             "class htb 1:1 root rate 1900Kbit ceil 1900Kbit",
-            "class htb 1:10 parent 1:1 leaf 10: prio 0 rate 1802Kbit ceil 1900Kbit",
+            "class htb 1:10 parent 1:1 leaf 10: prio 0 rate 1780Kbit ceil 1900Kbit",
             "class htb 1:20 parent 1:1 leaf 20: prio 1 rate 95Kbit ceil 1900Kbit",
         ] {
             assert!(classes.contains(expected), "{expected}:\n{classes}");
@@ -165,7 +165,7 @@ fn apply_reads_back_body() {
         let classes = run(&["tc", "class", "show", "dev", "ifb-eth0"]);
         assert!(
             classes
-                .contains("class htb 1:10 parent 1:1 leaf 10: prio 0 rate 1908Kbit ceil 4250Kbit"),
+                .contains("class htb 1:10 parent 1:1 leaf 10: prio 0 rate 2003Kbit ceil 4250Kbit"),
             "{classes}"
         );
         let filters = run(&["tc", "filter", "show", "dev", "ifb-eth0"]);
@@ -206,13 +206,13 @@ fn apply_reads_back_body() {
         assert_eq!(drift.len(), 4, "{drift:#?}");
         assert!(
             drift.contains(
-                &"eth0: queue of class 1:10 is pfifo 10: limit 34, planned pfifo 10: limit 20"
+                &"eth0: queue of class 1:10 is pfifo 10: limit 32, planned pfifo 10: limit 20"
                     .to_string()
             ),
             "{drift:#?}"
         );
         assert!(
-            drift[0].starts_with("ifb-eth0: class 1:10 has rate 1908kbit"),
+            drift[0].starts_with("ifb-eth0: class 1:10 has rate 2003400bit"),
             "{drift:#?}"
         );
         let changes = lines(&tc::apply(h, &fewer).await.unwrap());
@@ -228,7 +228,7 @@ fn apply_reads_back_body() {
         assert_eq!(tc::verify(h, &fewer).await.unwrap(), Vec::<String>::new());
         let classes = run(&["tc", "class", "show", "dev", "eth0"]);
         assert!(
-            classes.contains("1:10 parent 1:1 leaf 10: prio 0 rate 1060Kbit"),
+            classes.contains("1:10 parent 1:1 leaf 10: prio 0 rate 1113Kbit"),
             "{classes}"
         );
 
