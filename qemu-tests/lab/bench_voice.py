@@ -52,8 +52,8 @@ FRAME = {"atm": 1696, "ethernet": 1518}  # a 1500-byte IP packet on the line, by
 # it (sed), cake's framing keywords, the call counts to load it with, and
 # the calls of its idle baseline (no bulk, no shaping), seconds per run.
 # ADSL: 18 calls fit the line (`routerctl capacity`), 20 are the provider's
-# rule, the factory tree's upload voice class holds 17, and 16 leave it
-# headroom.
+# rule, the factory tree's upload voice class holds 16 (with 5 % headroom
+# a call), and 17 fill its room to 99.8 %.
 SETTINGS = ["none", "cake", "ours"]
 CASES = [
     dict(name="ADSL 5/2", down=5_000_000, up=2_000_000, framing="atm", buffer_ms=150,
@@ -132,14 +132,17 @@ def pct(values, p):
 EDGE_NS = 1_000_000_000  # delay statistics leave out the first and last second
 
 
-def direction(sent, pcaps, mid, up):
+def direction(sent, pcaps, mid, up, entry=None):
     """Loss %, one-way delay p50/p99 and mean |IPDV| (ms) of one direction,
     and the p99 of its two parts, split where the packet crossed the ISP's
     end of the WAN link (`mid`): the router's part and the line's (modem
     or DSLAM buffer). Loss counts every packet. The delays leave out the
     first and the last second of sending, when the world starts and stops
     the senders (as iperf3 omits its first seconds); the largest delay of
-    each second, edges included, is returned beside them."""
+    each second, edges included, is returned beside them. With `entry`
+    (where the packet entered the ISP from the internet), the line's part
+    of the download is split once more: the world's sending, and the DSLAM's
+    own queue."""
     arrived, t_sent = {}, {}
     for path in pcaps:
         for t, stream, seq, t_send, _ in pcap_packets(path):
@@ -148,6 +151,7 @@ def direction(sent, pcaps, mid, up):
     lo, hi = min(t_sent.values(), default=0), max(t_sent.values(), default=0)
     steady = lambda key: lo + EDGE_NS <= t_sent[key] <= hi - EDGE_NS
     delays, parts, ipdv, last, per_second = [], ([], []), [], {}, {}
+    entry, split = entry or {}, ([], [])
     for (stream, seq) in sorted(arrived):
         key, t_send = (stream, seq), t_sent[stream, seq]
         d = (arrived[key] - t_send) / 1e6
@@ -160,6 +164,9 @@ def direction(sent, pcaps, mid, up):
             first, second = (mid[key] - t_send) / 1e6, (arrived[key] - mid[key]) / 1e6
             parts[0].append(first if up else second)
             parts[1].append(second if up else first)
+            if key in entry:
+                split[0].append((entry[key] - t_send) / 1e6)
+                split[1].append((mid[key] - entry[key]) / 1e6)
         if last.get(stream, (None,))[0] == seq - 1:
             ipdv.append(abs(d - last[stream][1]))
         last[stream] = (seq, d)
@@ -168,7 +175,8 @@ def direction(sent, pcaps, mid, up):
                 per_second=[round(per_second.get(b, 0)) for b in range(max(per_second, default=-1) + 1)],
                 p50=pct(delays, 50), p99=pct(delays, 99),
                 jitter=sum(ipdv) / len(ipdv) if ipdv else None,
-                router_p99=pct(parts[0], 99), line_p99=pct(parts[1], 99))
+                router_p99=pct(parts[0], 99), line_p99=pct(parts[1], 99),
+                to_line_p99=pct(split[0], 99), line_queue_p99=pct(split[1], 99))
 
 
 def bulk(path):
@@ -199,10 +207,14 @@ def summarize(d):
     mid = {True: {}, False: {}}
     for t, stream, seq, _, up in pcap_packets(f"{d}/line.pcap"):
         mid[up].setdefault((stream, seq), t)
+    entry = {}
+    if os.path.exists(f"{d}/dslam-in.pcap"):
+        for t, stream, seq, _, up in pcap_packets(f"{d}/dslam-in.pcap"):
+            entry.setdefault((stream, seq), t)
     near, far = sent("near"), sent("far")
     res = dict(up=direction(near[0], [f"{d}/up.pcap"], mid[True], True),
                down=direction(far[0], [f"{d}/{n}" for n in sorted(os.listdir(d))
-                                       if n.startswith("down-") and n.endswith(".pcap")], mid[False], False))
+                                       if n.startswith("down-") and n.endswith(".pcap")], mid[False], False, entry))
     # How late the world sent the voice against its 20 ms clock: a late
     # sender makes a burst, which a class at its rate drains slowly.
     res["up"]["send_late_p99"], res["down"]["send_late_p99"] = pct(near[1], 99), pct(far[1], 99)
@@ -435,6 +447,9 @@ class Bench:
         caps += [(p, f"down-{p}", "lan0", f"udp and src host {FAR}") for p in self.phones]
         # The ISP's end of the WAN link: after the router's queue (up), after the DSLAM's (down).
         caps += [("isp", "line", "eth0", f"udp and host {FAR}")]
+        # Where the download enters the ISP from the internet: splits the
+        # DSLAM's part into the world's sending and the DSLAM's own queue.
+        caps += [("isp", "dslam-in", "up0", f"udp and src host {FAR}")]
         for ns, name, iface, expr in caps:
             w.bg(ns, f"bench/{name}-tcpdump", f"tcpdump -i {iface} -n -s 96 -B 4096 -w {d}/{name}.pcap {expr}")
         for ns, name, *_ in caps:
@@ -476,12 +491,14 @@ class Bench:
             lost = w.out(f"sed -n 's/ packets dropped by kernel//p' {d}/{name}-tcpdump.log").strip()
             if lost != "0":
                 self.note(f"{case['name']}, {setting}, {calls} calls: the capture {name} lost {lost or '?'} packets")
-                res["capture_lost"] += int(lost) if lost.isdigit() and name != "line" else 0
+                res["capture_lost"] += int(lost) if lost.isdigit() and name not in ("line", "dslam-in") else 0
         self.check_setting(setting)
         label = f"{case['name']}, {setting}, {calls} calls{'' if loaded else ', idle'}"
         for way in ("up", "down"):
             self.note(f"{label}: the world sent the voice {way} up to {res[way]['send_late_p99']} ms late "
                       f"(p99); largest delay each second, ms: {res[way].pop('per_second')}")
+        self.note(f"{label}: download voice p99 {res['down']['to_line_p99']} ms from its sender to the DSLAM, "
+                  f"{res['down']['line_queue_p99']} ms in the DSLAM's queue")
         print(f"bench: {label}: {json.dumps(res)}", flush=True)
         for (where, *_), b, a in zip(self.COUNTERS, before, after):
             if moved(b, a):
