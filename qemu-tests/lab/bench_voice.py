@@ -193,6 +193,15 @@ def bulk(path):
     return (sum(i["bytes"] for i in iv) * 8 / secs / 1e6 if secs else 0.0), f"iperf3: {j['error']}"
 
 
+def first_seen(path):
+    """{to the provider?: {(stream, seq): time ns}}: when each voice packet
+    first crossed the capture point of the pcap at `path`."""
+    seen = {True: {}, False: {}}
+    for t, stream, seq, _, up in pcap_packets(path):
+        seen[up].setdefault((stream, seq), t)
+    return seen
+
+
 def summarize(d):
     def sent(role):
         out, late = {}, []
@@ -204,13 +213,8 @@ def summarize(d):
                 late += j["late"]
         return out, late
 
-    mid = {True: {}, False: {}}
-    for t, stream, seq, _, up in pcap_packets(f"{d}/line.pcap"):
-        mid[up].setdefault((stream, seq), t)
-    entry = {}
-    if os.path.exists(f"{d}/dslam-in.pcap"):
-        for t, stream, seq, _, up in pcap_packets(f"{d}/dslam-in.pcap"):
-            entry.setdefault((stream, seq), t)
+    mid = first_seen(f"{d}/line.pcap")
+    entry = first_seen(f"{d}/dslam-in.pcap")[False] if os.path.exists(f"{d}/dslam-in.pcap") else {}
     near, far = sent("near"), sent("far")
     res = dict(up=direction(near[0], [f"{d}/up.pcap"], mid[True], True),
                down=direction(far[0], [f"{d}/{n}" for n in sorted(os.listdir(d))
