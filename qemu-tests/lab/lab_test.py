@@ -128,15 +128,20 @@ def dhcp(world, host):
 
 
 def sipp(world, ns, scenario, local_ip, extra="", timeout=60, remote=SIP_SERVER):
-    """Runs a sipp scenario to its end; (exit status, its last output lines)."""
+    """Runs a sipp scenario to its end; its exit status. A failed run prints
+    the end of sipp's output and error file, to tell why."""
+    log, err = f"{LOG}/{ns}-{scenario}.log", f"{LOG}/{ns}-{scenario}.err"
     rc, out = world.ns(
         ns,
         f"sipp {remote} -sf {SIP}/{scenario} -i {local_ip} -m 1 -nostdin -timeout {timeout}s "
-        f"-trace_err -error_file {LOG}/{ns}-{scenario}.err {extra} > {LOG}/{ns}-{scenario}.log 2>&1; "
+        f"-trace_err -error_file {err} {extra} > {log} 2>&1; "
         f"echo sipp-exit=$?",
         timeout + 15,
     )
     code = next((int(l.split("=")[1]) for l in out if l.startswith("sipp-exit=")), None)
+    if code != 0:
+        tail = world.out(f"tail -n 5 {log} {err} 2>&1")
+        print(f"lab: sipp {scenario} in {ns} exited {code}:\n{tail}", flush=True)
     return code
 
 
