@@ -21,6 +21,11 @@ A subset, to look into one row (the idle and voice-only rows always run):
   ROUTERD_BENCH_SETTINGS=ours,cake ROUTERD_BENCH_CALLS=17 run.sh --bench
 ROUTERD_BENCH_DELAY_MS=N adds N ms each way between the ISP and the
 internet (netem), for a round trip like a real line's; 0 by default.
+To try a change to the tree side by side with ours, name it and give the
+commands that make it on the router after ours is applied, then run it as
+a setting:
+  ROUTERD_BENCH_VARIANTS='{"short": "tc qdisc replace dev ifb-eth0 parent 1:20 handle 20: fq_codel interval 20ms"}'
+  ROUTERD_BENCH_SETTINGS=ours,short run.sh --bench --quick
 
 The same file runs inside the world VM (as /lab/bench_voice.py):
   bench_voice.py send near|far LOCAL REMOTE FIRST COUNT TOTAL SECONDS OUT
@@ -228,6 +233,27 @@ def summarize(d):
 
 
 # ------------------------------------------------------------------ the host
+def options():
+    """The environment's choices: (settings, call counts, delay ms,
+    variants). A subset, to look into one row: ROUTERD_BENCH_SETTINGS=
+    ours,cake ROUTERD_BENCH_CALLS=17 (the idle and voice-only rows always
+    run). Variants of ours: {name: commands run on the router after ours}."""
+    env = lambda k: [x for x in os.environ.get(k, "").split(",") if x]
+    try:
+        variants = json.loads(os.environ.get("ROUTERD_BENCH_VARIANTS") or "{}")
+        calls = [int(x) for x in env("ROUTERD_BENCH_CALLS")]
+        delay_ms = int(os.environ.get("ROUTERD_BENCH_DELAY_MS", "0"))
+    except ValueError as e:
+        raise BenchError(f"ROUTERD_BENCH_VARIANTS, _CALLS or _DELAY_MS: {e}") from e
+    if not isinstance(variants, dict) or not all(isinstance(v, str) for v in variants.values()):
+        raise BenchError('ROUTERD_BENCH_VARIANTS: not {"name": "commands", ...}')
+    settings = env("ROUTERD_BENCH_SETTINGS") or SETTINGS
+    unknown = [s for s in settings if s not in SETTINGS and s not in variants]
+    if unknown:
+        raise BenchError(f"ROUTERD_BENCH_SETTINGS: {unknown} are not one of {SETTINGS} nor a variant")
+    return settings, calls, delay_ms, variants
+
+
 class BenchError(Exception):
     pass
 
@@ -283,12 +309,8 @@ class Bench:
         self.lab, self.w, self.r = lab, lab.world, lab.router
         self.quick = quick
         self.cases = CASES[:1] if quick else CASES
-        # A subset, to look into one row: ROUTERD_BENCH_SETTINGS=ours,cake
-        # ROUTERD_BENCH_CALLS=17 (the idle and voice-only rows always run).
-        env = lambda k: [x for x in os.environ.get(k, "").split(",") if x]
-        self.settings = env("ROUTERD_BENCH_SETTINGS") or SETTINGS
-        self.calls = [int(x) for x in env("ROUTERD_BENCH_CALLS")]
-        self.delay_ms = int(os.environ.get("ROUTERD_BENCH_DELAY_MS", "0"))
+        self.settings, self.calls, self.delay_ms, self.variants = options()
+        self.paced = os.environ.get("ROUTERD_BENCH_PACED") == "1"
         self.rows, self.notes = [], []
 
     def must(self, host, cmd, what, timeout=60):
@@ -326,8 +348,15 @@ class Bench:
         # and the provider's and internet hosts.
         if self.delay_ms:
             self.must(w, f"ip netns exec isp tc qdisc replace dev up0 root netem delay {self.delay_ms}ms limit 100000 && "
-                      f"ip netns exec provider tc qdisc replace dev down0 root netem delay {self.delay_ms}ms "
+                      f"ip netns exec provider tc qdisc replace dev down0 root handle 1: netem delay {self.delay_ms}ms "
                       "limit 100000", "the internet's delay")
+        # A paced sender (ROUTERD_BENCH_PACED=1): Linux TCP spreads its
+        # segments over the round trip when fq is its queue, as large
+        # content servers run it; unpaced by default.
+        if self.paced:
+            where = "parent 1:1" if self.delay_ms else "root"
+            self.must(w, f"ip netns exec provider tc qdisc replace dev down0 {where} handle 2: fq",
+                      "pacing the internet's TCP")
         self.must(self.r, "cp /etc/routerd/router.toml /tmp/bench-factory.toml", "saving the router's config")
 
     def line(self, case):
@@ -376,8 +405,10 @@ class Bench:
         r = self.r
         r.sh("tc qdisc del dev eth0 root; tc qdisc del dev eth0 ingress; tc qdisc del dev ifb-eth0 root; "
              "ip link del ifb4eth0; true 2>/dev/null")
-        if name == "ours":
+        if name == "ours" or name in self.variants:
             self.must(r, "routerctl apply /tmp/bench-case.toml", "routerctl apply")
+            if name in self.variants:
+                self.must(r, self.variants[name], f"variant {name}")
         elif name == "cake":
             up, down = case["up"] * 95 // 100_000, case["down"] * 95 // 100_000
             self.must(r, f"tc qdisc replace dev eth0 root cake bandwidth {up}kbit besteffort {case['cake']} && "
@@ -395,7 +426,8 @@ class Bench:
         ok = rc is not None and {
             "none": "htb" not in q and "cake" not in q and "ingress" not in q,
             "cake": "qdisc cake" in q and "ifb4eth0" in q and "htb" not in q,
-            "ours": "class htb 1:10" in q and "ifb-eth0" in q and "cake" not in q}[name]
+            "ours": "class htb 1:10" in q and "ifb-eth0" in q and "cake" not in q}[
+            "ours" if name in self.variants else name]
         if not ok:
             raise BenchError(f"the router is not (or no longer) in setting '{name}': {q[:600]}")
 
@@ -435,6 +467,14 @@ class Bench:
             self.note(f"the timer trace lost {overrun} events")
         return dict(count=n, p50=p50 / 1000, p99=p99 / 1000, max=top / 1000) if n else None
 
+    def throttled(self):
+        """How often the internet's fq has held a segment back to pace it
+        (0 without ROUTERD_BENCH_PACED)."""
+        if not self.paced:
+            return 0
+        m = re.search(r"\bthrottled (\d+)", self.w.out("ip netns exec provider tc -s qdisc show dev down0 | grep gc"))
+        return int(m.group(1)) if m else 0
+
     def cpu(self):
         """(world, router) /proc/stat totals and idle times, the host's load."""
         def stat(host):
@@ -446,7 +486,7 @@ class Bench:
     def run(self, case, setting, calls, loaded):
         w, t, d = self.w, 10 if self.quick else case["seconds"], f"{LOG}/bench"
         self.must(w, f"rm -rf {d}; mkdir -p {d}", "the run's directory")
-        before, cpu0 = self.counters(), self.cpu()
+        before, cpu0, paced0 = self.counters(), self.cpu(), self.throttled()
         caps = [("provider", "up", "down0", f"udp and dst host {FAR} and dst portrange {FAR_PORT}-{FAR_PORT + 400}")]
         caps += [(p, f"down-{p}", "lan0", f"udp and src host {FAR}") for p in self.phones]
         # The ISP's end of the WAN link: after the router's queue (up), after the DSLAM's (down).
@@ -483,6 +523,9 @@ class Bench:
             raise BenchError("iperf3 did not finish")
         w.sh("sleep 1; pkill -INT -f 'tcpdump.*bench/'; sleep 1")
         after, cpu1 = self.counters(), self.cpu()
+        if self.paced and loaded:
+            self.note(f"{case['name']}, {setting}, {calls} calls: the internet's fq held a TCP segment back "
+                      f"{self.throttled() - paced0} times to pace it")
         timer = [self.timer_lateness(h) if on else None for h, on in zip((self.r, self.w), traced)]
         res = json.loads(self.must(w, f"python3 {ME} summarize {d}", "summarizing the run", 300)[-1])
         res["seconds"] = t
@@ -538,7 +581,8 @@ class Bench:
             if case["name"] not in base or max(res[w]["p99"] for w in ("up", "down")) < \
                     max(base[case["name"]][w]["p99"] for w in ("up", "down")):
                 base[case["name"]] = res
-        order = lambda row: (CASES.index(row[0]), not idle(row), row[2], SETTINGS.index(row[1].split(",")[0]))
+        names = SETTINGS + list(self.variants)
+        order = lambda row: (CASES.index(row[0]), not idle(row), row[2], names.index(row[1].split(",")[0]))
         for case, setting, calls, res in sorted(self.rows, key=order):
             b = base.get(case["name"])
             added = {w: res[w]["p99"] - b[w]["p99"] if b else None for w in ("up", "down")}
@@ -573,7 +617,7 @@ class Bench:
                 self.setting("none", case)
                 self.verify_line(case)
                 self.rows.append((case, "none, idle", case["idle"], self.run(case, "none", case["idle"], False)))
-                for setting in SETTINGS:
+                for setting in SETTINGS + list(self.variants):
                     if setting not in self.settings:
                         continue
                     if setting != "none":
@@ -612,6 +656,11 @@ def main():
     ap.add_argument("--timeout", type=float, default=150.0)
     ap.add_argument("--quick", action="store_true", help="10 s runs, the ADSL line only")
     args = ap.parse_args()
+    try:
+        options()
+    except BenchError as e:
+        print(f"bench: {e}", flush=True)
+        return 2
     global lab_test
     import lab_test  # the host's side only: it needs qemu-tests/vm.py
 

@@ -28,9 +28,10 @@ packages=(bash busybox-static kamailio sip-tester chrony dnsmasq-base nmap tcpdu
 
 # The world's kernel modules (with their dependencies): the virtio NIC, the
 # 9p and overlay file systems of its root, VLANs and macvlan for the office
-# LAN, veth between its namespaces, and the qdiscs of the line emulation.
+# LAN, veth between its namespaces, the qdiscs of the line emulation, and fq
+# for the benchmark's paced sender.
 modules=(virtio_net 9p 9pnet_virtio overlay 8021q macvlan veth sch_netem sch_tbf sch_htb
-  sch_cake sch_fq_codel sch_ingress ifb act_mirred cls_u32)
+  sch_cake sch_fq_codel sch_fq sch_ingress ifb act_mirred cls_u32)
 
 "$repo/image/trixie-root.sh" "$cache/world-root" "${packages[@]}" >&2
 kdir=$("$repo/image/kernel.sh")
