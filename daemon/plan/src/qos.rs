@@ -8,7 +8,8 @@
 //!
 //! ```text
 //! 1:   htb, default 1:20, size table for line.framing
-//! └ 1:1   the line: rate = ceil = 95 % of line.up, 85 % of line.down
+//! └ 1:1   the line: rate = ceil = 95 % of line.up, 85 % of line.down (80 %
+//!         below 20 Mbit/s, where the bulk leaf's CoDel also judges over 20 ms)
 //!   ├ 1:10  voice: prio 0, rate = calls x one call on the wire, ceil = the line
 //!   │ └ 10:   fq_codel (a FIFO when the kernel lacks fq_codel)
 //!   └ 1:20  bulk: prio 1, rate = 5 % of the line, ceil = the line
@@ -58,6 +59,27 @@ pub const UPLOAD_SHAPE_PERCENT: u64 = 95;
 /// margin drains them faster (sqm-scripts advises 85-90 % for ingress;
 /// measured in docs/qos.md).
 pub const DOWNLOAD_SHAPE_PERCENT: u64 = 85;
+
+/// Download lines below this rate are slow: the margin of
+/// [`DOWNLOAD_SHAPE_PERCENT`] is less than TCP grows into it. Each TCP flow
+/// sends one packet a round trip more than the last, whatever the line's
+/// rate: four flows at a 20 ms round trip add 2.4 Mbit/s. What the DSLAM
+/// serves beyond the router's shaper drains that growth; 15 % of a 20
+/// Mbit/s line is 3 Mbit/s, of a 5 Mbit/s line only 0.75, so there TCP
+/// fills the DSLAM's queue until the router's AQM drops.
+pub const SLOW_DOWNLOAD_BELOW_BPS: u64 = 20_000_000;
+
+/// Share of a slow download line ([`SLOW_DOWNLOAD_BELOW_BPS`]) the IFB's
+/// shaper uses: a wider margin drains TCP's growth from the DSLAM faster.
+pub const SLOW_DOWNLOAD_SHAPE_PERCENT: u64 = 80;
+
+/// CoDel's interval on a slow download line's bulk leaf, microseconds (plus
+/// what the target grows over 5 ms). CoDel drops only once the queue has
+/// stayed above its target for a whole interval, and the 100 ms it uses
+/// elsewhere (a round trip across the world) is 100 ms of TCP growing into
+/// the DSLAM's queue; 20 ms is a round trip within the country. Long-haul
+/// downloads lose some throughput for it; the calls keep their sound.
+pub const SLOW_DOWNLOAD_BULK_INTERVAL_MICROS: u64 = 20_000;
 
 /// Share of the shaper always left to bulk traffic, so TCP acknowledgements,
 /// DNS and the PCs keep moving however many calls are configured.
@@ -228,12 +250,19 @@ impl Direction {
         }
     }
 
-    /// Share of the line rate this direction's shaper uses.
-    pub fn shape_percent(self) -> u64 {
+    /// Share of a `line_bps` line this direction's shaper uses.
+    pub fn shape_percent(self, line_bps: u64) -> u64 {
         match self {
             Direction::Egress => UPLOAD_SHAPE_PERCENT,
+            Direction::Ingress if self.slow(line_bps) => SLOW_DOWNLOAD_SHAPE_PERCENT,
             Direction::Ingress => DOWNLOAD_SHAPE_PERCENT,
         }
+    }
+
+    /// Whether a `line_bps` line in this direction is a slow download
+    /// ([`SLOW_DOWNLOAD_BELOW_BPS`]).
+    pub fn slow(self, line_bps: u64) -> bool {
+        self == Direction::Ingress && line_bps < SLOW_DOWNLOAD_BELOW_BPS
     }
 }
 
@@ -623,7 +652,7 @@ fn build(checked: &Checked, fq_codel: bool) -> QosPlan {
                     format_rate(checked.calls * per_call_bps),
                     s.direction.word(),
                     format_rate(s.shape_bps),
-                    s.direction.shape_percent(),
+                    s.direction.shape_percent(s.line_bps),
                     s.direction.config_path(),
                     format_rate(voice_room(s.direction, s.line_bps, per_call_bps).voice_bps),
                     s.voice_calls,
@@ -738,7 +767,8 @@ pub struct VoiceRoom {
 /// the tree is built from, and what `routerctl capacity` prints beside the
 /// line's own.
 pub fn voice_room(direction: Direction, line_bps: u64, per_call_bps: u64) -> VoiceRoom {
-    let shape_bps = whole_bytes(line_bps * direction.shape_percent() / 100).max(2 * MIN_RATE_BPS);
+    let shape_bps =
+        whole_bytes(line_bps * direction.shape_percent(line_bps) / 100).max(2 * MIN_RATE_BPS);
     let bulk_bps = bulk_min(shape_bps);
     let voice_bps = shape_bps.saturating_sub(bulk_bps);
     VoiceRoom {
@@ -803,11 +833,19 @@ impl Sizing {
         // rate; bulk borrows whatever voice leaves.
         let bulk_bps = room.bulk_bps;
         let quantum = self.max_frame();
+        let slow = if direction.slow(line_bps) {
+            format!(
+                " (below {}: a wider margin drains TCP's growth from the DSLAM)",
+                format_rate(SLOW_DOWNLOAD_BELOW_BPS)
+            )
+        } else {
+            String::new()
+        };
         let line = format!(
-            "{}: the line's {}, shaped at {}% so the queue is ours, not the modem's",
+            "{}: the line's {}, shaped at {}%{slow} so the queue is ours, not the modem's",
             direction.config_path(),
             direction.word(),
-            direction.shape_percent()
+            direction.shape_percent(line_bps)
         );
         let source = if self.calls_configured {
             "line.calls".to_string()
@@ -846,7 +884,7 @@ impl Sizing {
                     .to_string(),
             ),
         ];
-        let leaves = self.leaves(shape_bps, voice_calls);
+        let leaves = self.leaves(direction.slow(line_bps), shape_bps, voice_calls);
         Shaper {
             direction,
             device: device.to_string(),
@@ -861,7 +899,9 @@ impl Sizing {
         }
     }
 
-    fn leaves(&self, shape_bps: u64, voice_calls: u64) -> Vec<Leaf> {
+    /// The leaves' queues; `slow_download`: the bulk leaf judges its queue
+    /// over [`SLOW_DOWNLOAD_BULK_INTERVAL_MICROS`].
+    fn leaves(&self, slow_download: bool, shape_bps: u64, voice_calls: u64) -> Vec<Leaf> {
         if self.fq_codel {
             // CoDel's target must exceed the time one full-size packet takes
             // at this rate, or it drops on a queue of one (sqm-scripts' rule:
@@ -869,25 +909,38 @@ impl Sizing {
             let packet_us = u64::from(self.max_frame()) * 8 * 1_000_000 / shape_bps.max(1);
             let target_us = (packet_us * 3 / 2).div_ceil(100) * 100;
             let target_us = target_us.max(5_000);
-            let interval_us = 100_000 + target_us - 5_000;
-            let kind = LeafKind::FqCodel {
+            let codel = |interval_us: u64| LeafKind::FqCodel {
                 target_us: u32::try_from(target_us).unwrap_or(u32::MAX),
-                interval_us: u32::try_from(interval_us).unwrap_or(u32::MAX),
+                interval_us: u32::try_from(interval_us + target_us - 5_000).unwrap_or(u32::MAX),
+            };
+            let (bulk, bulk_why) = if slow_download {
+                (
+                    codel(SLOW_DOWNLOAD_BULK_INTERVAL_MICROS),
+                    format!(
+                        "facts.fq_codel: flows share the bulk class fairly; line.down below {}: AQM judges the queue over {} ms, so TCP slows before it fills the DSLAM's queue",
+                        format_rate(SLOW_DOWNLOAD_BELOW_BPS),
+                        SLOW_DOWNLOAD_BULK_INTERVAL_MICROS / 1_000
+                    ),
+                )
+            } else {
+                (
+                    codel(100_000),
+                    "facts.fq_codel: flows share the bulk class fairly; AQM keeps its queue short"
+                        .to_string(),
+                )
             };
             vec![
                 Leaf {
                     parent: VOICE_CLASS,
                     handle: VOICE_LEAF,
-                    kind,
-                    why: "facts.fq_codel: the calls share the voice class fairly, with AQM"
-                        .into(),
+                    kind: codel(100_000),
+                    why: "facts.fq_codel: the calls share the voice class fairly, with AQM".into(),
                 },
                 Leaf {
                     parent: BULK_CLASS,
                     handle: BULK_LEAF,
-                    kind,
-                    why: "facts.fq_codel: flows share the bulk class fairly; AQM keeps its queue short"
-                        .into(),
+                    kind: bulk,
+                    why: bulk_why,
                 },
             ]
         } else {
@@ -1334,13 +1387,12 @@ mod tests {
         assert_eq!(up.voice_bps(), 1_780_800);
         // Bulk is guaranteed 5%; the 24.2k left over go to voice first.
         assert_eq!(up.class(BULK_CLASS).unwrap().rate_bps, 95_000);
-        // The download is shaped at 85%: 4250k, bulk's 5% rounded up to
-        // whole bytes.
+        // A 5 Mbit download is slow: shaped at 80%, 4000k, bulk's 5%.
         let down = &plan.ingress;
-        assert_eq!(down.shape_bps, 4_250_000);
+        assert_eq!(down.shape_bps, 4_000_000);
         assert_eq!(down.voice_calls, 18);
         assert_eq!(down.voice_bps(), 2_003_400);
-        assert_eq!(down.class(BULK_CLASS).unwrap().rate_bps, 212_504);
+        assert_eq!(down.class(BULK_CLASS).unwrap().rate_bps, 200_000);
         // Unset calls: no warning, the render says what fits.
         assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
         // What `routerctl capacity` prints is what the tree holds.
@@ -1349,7 +1401,52 @@ mod tests {
             (room.shape_bps, room.bulk_bps, room.voice_bps, room.calls),
             (1_900_000, 95_000, 1_805_000, up.voice_calls)
         );
-        assert_eq!(voice_room(Direction::Ingress, 5_000_000, 106_000).calls, 36);
+        assert_eq!(voice_room(Direction::Ingress, 5_000_000, 106_000).calls, 34);
+    }
+
+    #[test]
+    fn a_slow_download_keeps_a_wider_margin_and_drops_sooner() {
+        // Below 20 Mbit the download is shaped at 80% and its bulk leaf's
+        // CoDel judges over 20 ms; from 20 Mbit on, 85% and 100 ms.
+        let percent = |bps| Direction::Ingress.shape_percent(bps);
+        assert_eq!(percent(5_000_000), 80);
+        assert_eq!(percent(19_999_999), 80);
+        assert_eq!(percent(20_000_000), 85);
+        assert_eq!(Direction::Egress.shape_percent(5_000_000), 95);
+        let slow = qos(&line("5M", "2M", Framing::AdslPppoa, None)).ingress;
+        // 1696 bytes at 4 Mbit take 3.39 ms: target 5.1 ms.
+        assert_eq!(
+            slow.leaves[1].kind,
+            LeafKind::FqCodel {
+                target_us: 5_100,
+                interval_us: 20_100
+            }
+        );
+        assert!(
+            slow.leaves[1].why.contains("20 ms"),
+            "{}",
+            slow.leaves[1].why
+        );
+        // Voice does not slow down for drops: its leaf keeps 100 ms.
+        assert_eq!(
+            slow.leaves[0].kind,
+            LeafKind::FqCodel {
+                target_us: 5_100,
+                interval_us: 100_100
+            }
+        );
+        let fast = qos(&line("20M", "2M", Framing::AdslPppoa, None)).ingress;
+        assert_eq!(fast.shape_bps, 17_000_000);
+        assert_eq!(
+            fast.leaves[1].kind,
+            LeafKind::FqCodel {
+                target_us: 5_000,
+                interval_us: 100_000
+            }
+        );
+        // The upload is never slow in this sense: it is shaped before the line.
+        let up = qos(&line("5M", "2M", Framing::AdslPppoa, None)).egress;
+        assert_eq!(up.leaves[0].kind, up.leaves[1].kind);
     }
 
     #[test]

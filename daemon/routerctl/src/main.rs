@@ -354,16 +354,16 @@ fn capacity_cmd(
     ));
     // What the router's own shaper protects: the smaller voice class of the
     // two trees (routerctl print --part tc).
-    let (direction, room) = [(Direction::Egress, up_bps), (Direction::Ingress, down_bps)]
+    let (direction, line_bps, room) = [(Direction::Egress, up_bps), (Direction::Ingress, down_bps)]
         .into_iter()
-        .map(|(d, bps)| (d, voice_room(d, bps, cap.wire_per_call_bps)))
-        .min_by_key(|(_, room)| room.calls)
+        .map(|(d, bps)| (d, bps, voice_room(d, bps, cap.wire_per_call_bps)))
+        .min_by_key(|(_, _, room)| room.calls)
         .expect("two directions");
     println(format!(
         "{} calls protected from bulk traffic by the shaper: it shapes the {} at {}% ({}) and keeps {} for other traffic, {} for voice, {} per call with {}% headroom",
         room.calls,
         direction.word(),
-        direction.shape_percent(),
+        direction.shape_percent(line_bps),
         kbit(room.shape_bps),
         kbit(room.bulk_bps),
         kbit(room.voice_bps),

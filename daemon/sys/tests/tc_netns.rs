@@ -164,8 +164,7 @@ fn apply_reads_back_body() {
         }
         let classes = run(&["tc", "class", "show", "dev", "ifb-eth0"]);
         assert!(
-            classes
-                .contains("class htb 1:10 parent 1:1 leaf 10: prio 0 rate 2003Kbit ceil 4250Kbit"),
+            classes.contains("class htb 1:10 parent 1:1 leaf 10: prio 0 rate 2003Kbit ceil 4Mbit"),
             "{classes}"
         );
         let filters = run(&["tc", "filter", "show", "dev", "ifb-eth0"]);
