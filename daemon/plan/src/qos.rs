@@ -81,6 +81,10 @@ pub const SLOW_DOWNLOAD_SHAPE_PERCENT: u64 = 80;
 /// downloads lose some throughput for it; the calls keep their sound.
 pub const SLOW_DOWNLOAD_BULK_INTERVAL_MICROS: u64 = 20_000;
 
+/// CoDel's interval, microseconds (plus what the target grows over 5 ms):
+/// the 100 ms round trip across the world it was designed for.
+const CODEL_INTERVAL_MICROS: u64 = 100_000;
+
 /// Share of the shaper always left to bulk traffic, so TCP acknowledgements,
 /// DNS and the PCs keep moving however many calls are configured.
 pub const BULK_MIN_PERCENT: u64 = 5;
@@ -924,7 +928,7 @@ impl Sizing {
                 )
             } else {
                 (
-                    codel(100_000),
+                    codel(CODEL_INTERVAL_MICROS),
                     "facts.fq_codel: flows share the bulk class fairly; AQM keeps its queue short"
                         .to_string(),
                 )
@@ -933,7 +937,7 @@ impl Sizing {
                 Leaf {
                     parent: VOICE_CLASS,
                     handle: VOICE_LEAF,
-                    kind: codel(100_000),
+                    kind: codel(CODEL_INTERVAL_MICROS),
                     why: "facts.fq_codel: the calls share the voice class fairly, with AQM".into(),
                 },
                 Leaf {
