@@ -194,7 +194,7 @@ def direction(sent, pcaps, mid, up, entry=None):
     for (stream, seq) in sorted(arrived):
         key, t_send = (stream, seq), t_sent[stream, seq]
         d = (arrived[key] - t_send) / 1e6
-        b = int((t_send - lo) / 1e9)
+        b = second_of(key)
         per_second[b] = max(per_second.get(b, 0), d)
         if not steady(key):
             continue
@@ -350,11 +350,11 @@ class Bench:
     def counters(self):
         return [tc_stats(self.r if vm == "router" else self.w, cmd) for _, vm, cmd in self.COUNTERS]
 
-    def __init__(self, lab, quick):
+    def __init__(self, lab, quick, choices):
         self.lab, self.w, self.r = lab, lab.world, lab.router
         self.quick = quick
         self.cases = CASES[:1] if quick else CASES
-        self.settings, self.calls, self.delay_ms, self.variants = options()
+        self.settings, self.calls, self.delay_ms, self.variants = choices
         self.paced = os.environ.get("ROUTERD_BENCH_PACED") == "1"
         self.rows, self.notes = [], []
 
@@ -709,7 +709,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="10 s runs, the ADSL line only")
     args = ap.parse_args()
     try:
-        options()
+        choices = options()
     except BenchError as e:
         print(f"bench: {e}", flush=True)
         return 2
@@ -719,7 +719,7 @@ def main():
     lab = lab_test.Lab(args)
     if not lab.boot():
         return 1
-    bench = Bench(lab, args.quick)
+    bench = Bench(lab, args.quick, choices)
     started = time.monotonic()
     try:
         bench.main()
