@@ -5,6 +5,7 @@
 //! `apply` (routerd) is the only code that makes this state real; tests compare
 //! plans as text (golden files under `tests/golden/`).
 
+pub mod classifier;
 pub mod dhcp;
 pub mod firewall;
 pub mod links;

@@ -48,6 +48,8 @@ use router_config::units::format_rate;
 use router_config::{Checked, Diagnostic, HostFacts};
 use serde::Serialize;
 
+use crate::classifier::{Classifier, Entry, Target, MAX_NODES_PER_BUCKET, TABLE_BUCKETS};
+
 /// Share of the upload rate the shaper uses: below the modem's rate so the
 /// bottleneck queue is ours (the margin sqm-scripts recommends).
 pub const UPLOAD_SHAPE_PERCENT: u64 = 95;
@@ -135,12 +137,8 @@ pub const BULK_LEAF: Handle = Handle::new(0x20, 0);
 pub const INGRESS: Handle = Handle::new(0xffff, 0);
 /// The filter preference of the WAN ingress redirect to the IFB.
 pub const REDIRECT_PREF: u16 = 1;
-/// The first filter preference of the download classifiers; one each.
+/// The filter preference of the IPv4 download classifier; IPv6's is the next.
 pub const FIRST_FILTER_PREF: u16 = 10;
-/// The most download classifiers the plan asks for. Each u32 filter
-/// preference gets its own hash table, and the kernel numbers those from
-/// 0x800 to 0xfff per qdisc: 2048 in all, the rest of which stay free.
-pub const MAX_DOWNLOAD_FILTERS: usize = 2000;
 /// Below this shaper rate a port feeding the shaper merges received packets
 /// (GRO) only up to one full-size packet, as cake splits aggregates below
 /// 1 Gbit/s: HTB sends an aggregate whole, and a 64 KB one holds a 2 Mbit/s
@@ -291,9 +289,9 @@ pub struct Shaper {
     pub classes: Vec<HtbClass>,
     /// One queue per leaf class.
     pub leaves: Vec<Leaf>,
-    /// u32 classifiers on the root (download only; upload is classified by
-    /// the firewall).
-    pub filters: Vec<U32Filter>,
+    /// u32 classifiers on the root, one per address family (download only;
+    /// upload is classified by the firewall).
+    pub classifiers: Vec<Classifier>,
 }
 
 impl Shaper {
@@ -511,7 +509,8 @@ impl EtherType {
         }
     }
 
-    fn word(self) -> &'static str {
+    /// tc's word for it.
+    pub fn word(self) -> &'static str {
         match self {
             EtherType::All => "all",
             EtherType::Ip => "ip",
@@ -530,23 +529,6 @@ pub struct U32Key {
     pub val: u32,
     /// The bits compared.
     pub mask: u32,
-}
-
-/// A u32 classifier: all keys match -> the packet goes to `classid`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct U32Filter {
-    /// Its preference (one filter per preference, so each can be replaced alone).
-    pub pref: u16,
-    /// What it applies to.
-    pub protocol: EtherType,
-    /// The matches.
-    pub keys: Vec<U32Key>,
-    /// Where a matching packet goes.
-    pub classid: Handle,
-    /// The matches as tc would write them.
-    pub matches: String,
-    /// The config path or spec line it implements.
-    pub why: String,
 }
 
 /// The WAN's ingress qdisc with one filter redirecting every packet to the IFB.
@@ -634,18 +616,21 @@ fn build(checked: &Checked, fq_codel: bool) -> QosPlan {
         fq_codel,
     };
     let egress = sizing.shaper(Direction::Egress, &wan, checked.up_bps, Vec::new());
-    let mut filters = download_filters(&checked.policy);
-    if filters.len() > MAX_DOWNLOAD_FILTERS {
-        warnings.push(Diagnostic::warning(
-            "policy.provider_ranges",
-            format!(
-                "the download classifier needs {} u32 filters for the provider's ranges and ePDGs, but the kernel keeps at most {MAX_DOWNLOAD_FILTERS}: the first {MAX_DOWNLOAD_FILTERS} are used, download voice from the rest is shaped as bulk (upload and the firewall are not affected)",
-                filters.len()
-            ),
-        ));
-        filters.truncate(MAX_DOWNLOAD_FILTERS);
+    let classifiers = download_classifiers(&checked.policy);
+    for c in &classifiers {
+        if c.dropped > 0 {
+            warnings.push(Diagnostic::warning(
+                "policy.provider_ranges",
+                format!(
+                    "the {} download classifier cannot tell {} of its {} entries apart by source address (a bucket holds at most {MAX_NODES_PER_BUCKET}): download voice from those is shaped as bulk (upload and the firewall are not affected)",
+                    c.protocol.word(),
+                    c.dropped,
+                    c.entries,
+                ),
+            ));
+        }
     }
-    let ingress = sizing.shaper(Direction::Ingress, &ifb, checked.down_bps, filters);
+    let ingress = sizing.shaper(Direction::Ingress, &ifb, checked.down_bps, classifiers);
     for s in [&egress, &ingress] {
         if calls_configured && s.voice_calls < checked.calls {
             warnings.push(Diagnostic::warning(
@@ -824,7 +809,7 @@ impl Sizing {
         direction: Direction,
         device: &str,
         line_bps: u64,
-        filters: Vec<U32Filter>,
+        classifiers: Vec<Classifier>,
     ) -> Shaper {
         let room = voice_room(direction, line_bps, self.per_call_bps);
         let shape_bps = room.shape_bps;
@@ -899,7 +884,7 @@ impl Sizing {
             default_class: BULK_CLASS,
             classes,
             leaves,
-            filters,
+            classifiers,
         }
     }
 
@@ -1056,73 +1041,69 @@ fn source_port_keys(v6: bool, port: u16) -> Vec<U32Key> {
 }
 
 /// The download classifiers: what comes from the provider ranges (UDP; SIP
-/// over TCP/TLS by source port) and from the ePDGs goes to voice.
-fn download_filters(policy: &ProviderPolicy) -> Vec<U32Filter> {
-    let mut out = Vec::new();
-    let mut pref = FIRST_FILTER_PREF;
-    let mut push = |protocol, keys, matches: String, why: &str| {
-        out.push(U32Filter {
-            pref,
-            protocol,
-            keys,
-            classid: VOICE_CLASS,
-            matches,
-            why: why.to_string(),
-        });
-        pref += 1;
-    };
-    let sorted = |nets: &[IpNet]| {
-        let mut v: Vec<IpNet> = nets.iter().map(IpNet::trunc).collect();
-        // IPv4 first, then by address.
-        v.sort_by_key(|n| (matches!(n, IpNet::V6(_)), *n));
+/// over TCP/TLS by source port) and from the ePDGs goes to voice. IPv4 at
+/// [`FIRST_FILTER_PREF`], IPv6 (if any) at the next preference.
+fn download_classifiers(policy: &ProviderPolicy) -> Vec<Classifier> {
+    let sorted = |nets: &[IpNet], v6: bool| {
+        let mut v: Vec<IpNet> = nets
+            .iter()
+            .filter(|n| matches!(n, IpNet::V6(_)) == v6)
+            .map(IpNet::trunc)
+            .collect();
+        v.sort();
         v.dedup();
         v
     };
     let sip_tcp = voice_ports(policy).sip_tcp();
-    for net in sorted(&policy.provider_ranges) {
-        let v6 = matches!(net, IpNet::V6(_));
-        let (proto, fam) = if v6 {
-            (EtherType::Ipv6, "ip6")
-        } else {
-            (EtherType::Ip, "ip")
-        };
-        let mut keys = source_keys(&net);
-        keys.push(protocol_key(v6, 17));
-        push(
-            proto,
-            keys,
-            format!("{fam} src {net} and udp"),
-            "spec B3: SIP and RTP over UDP from the provider (policy provider_ranges)",
-        );
-        for port in &sip_tcp {
-            let mut keys = source_keys(&net);
-            keys.push(protocol_key(v6, 6));
-            keys.extend(source_port_keys(v6, *port));
-            push(
-                proto,
+    let mut out = Vec::new();
+    let mut next_table = 1;
+    for (v6, protocol, pref) in [
+        (false, EtherType::Ip, FIRST_FILTER_PREF),
+        (true, EtherType::Ipv6, FIRST_FILTER_PREF + 1),
+    ] {
+        let fam = if v6 { "ip6" } else { "ip" };
+        let mut entries = Vec::new();
+        let mut push = |net: IpNet, keys, matches: String, why: &str| {
+            entries.push(Entry {
+                net,
                 keys,
-                format!("{fam} src {net} and tcp sport {port}"),
-                "spec B3: SIP over TCP/TLS from the provider (policy phone_ports)",
+                classid: VOICE_CLASS,
+                matches,
+                why: why.to_string(),
+            });
+        };
+        for net in sorted(&policy.provider_ranges, v6) {
+            let mut keys = source_keys(&net);
+            keys.push(protocol_key(v6, 17));
+            push(
+                net,
+                keys,
+                format!("{fam} src {net} and udp"),
+                "spec B3: SIP and RTP over UDP from the provider (policy provider_ranges)",
+            );
+            for port in &sip_tcp {
+                let mut keys = source_keys(&net);
+                keys.push(protocol_key(v6, 6));
+                keys.extend(source_port_keys(v6, *port));
+                push(
+                    net,
+                    keys,
+                    format!("{fam} src {net} and tcp sport {port}"),
+                    "spec B3: SIP over TCP/TLS from the provider (policy phone_ports)",
+                );
+            }
+        }
+        for net in sorted(&policy.wifi_calling.epdg, v6) {
+            push(
+                net,
+                source_keys(&net),
+                format!("{fam} src {net}"),
+                "spec B4, W1: Wi-Fi calls from the ePDG (policy wifi_calling.epdg)",
             );
         }
-    }
-    for net in sorted(&policy.wifi_calling.epdg) {
-        let proto = if matches!(net, IpNet::V6(_)) {
-            EtherType::Ipv6
-        } else {
-            EtherType::Ip
-        };
-        let fam = if proto == EtherType::Ipv6 {
-            "ip6"
-        } else {
-            "ip"
-        };
-        push(
-            proto,
-            source_keys(&net),
-            format!("{fam} src {net}"),
-            "spec B4, W1: Wi-Fi calls from the ePDG (policy wifi_calling.epdg)",
-        );
+        if !entries.is_empty() {
+            out.push(Classifier::build(pref, protocol, &entries, &mut next_table));
+        }
     }
     out
 }
@@ -1274,17 +1255,40 @@ impl QosPlan {
                 l.why
             );
         }
-        for f in &s.filters {
-            let _ = writeln!(
-                out,
-                "filter dev {} parent {ROOT} pref {} protocol {} u32 match {} flowid {}  # {}",
+        for c in &s.classifiers {
+            let head = format!(
+                "filter dev {} parent {ROOT} pref {} protocol {}",
                 s.device,
-                f.pref,
-                f.protocol.word(),
-                f.matches,
-                f.classid,
-                f.why
+                c.pref,
+                c.protocol.word()
             );
+            for t in &c.tables {
+                let _ = writeln!(
+                    out,
+                    "{head} handle {t:x}: u32 divisor {TABLE_BUCKETS}  # spec B3: a hash table of the download classifier"
+                );
+            }
+            for n in &c.nodes {
+                let place = if n.table == 0 {
+                    String::new()
+                } else {
+                    format!(" ht {:x}:{:x}:", n.table, n.bucket)
+                };
+                let to = match n.target {
+                    Target::Class(class) => format!(" flowid {class}"),
+                    Target::Table { .. } => String::new(),
+                };
+                let handle = if n.table == 0 {
+                    format!("::{:x}", n.id)
+                } else {
+                    format!("{:x}:{:x}:{:x}", n.table, n.bucket, n.id)
+                };
+                let _ = writeln!(
+                    out,
+                    "{head} handle {handle} u32{place} match {}{to}  # {}",
+                    n.matches, n.why
+                );
+            }
         }
     }
 }
@@ -1348,33 +1352,63 @@ mod tests {
         ));
     }
 
+    /// An IPv4 packet from `src`, transport `proto`, source port `sport`.
+    fn packet(src: std::net::Ipv4Addr, proto: u8, sport: u16) -> Vec<u8> {
+        let mut p = vec![0u8; 40];
+        p[0] = 0x45;
+        p[9] = proto;
+        p[12..16].copy_from_slice(&src.octets());
+        p[20..22].copy_from_slice(&sport.to_be_bytes());
+        p
+    }
+
     #[test]
-    fn more_provider_ranges_than_the_kernel_has_filters_for_are_cut_with_a_warning() {
+    fn thousands_of_provider_addresses_are_hashed_none_cut() {
         let mut c = line("5M", "2M", Framing::AdslPppoa, None);
-        // 1000 separate /32s (every second address): 3 filters each.
-        c.policy.provider_ranges = (0..1000u32)
+        // 3000 separate /32s (every second address): 3 entries each.
+        c.policy.provider_ranges = (0..3000u32)
             .map(|i| {
                 let a = std::net::Ipv4Addr::from(0xc612_0000 + 2 * i);
                 IpNet::from(ipnet::Ipv4Net::new(a, 32).unwrap())
             })
             .collect();
         let plan = qos(&c);
-        assert_eq!(plan.ingress.filters.len(), MAX_DOWNLOAD_FILTERS);
-        let last = plan.ingress.filters.last().unwrap().pref;
-        assert_eq!(
-            usize::from(last),
-            usize::from(FIRST_FILTER_PREF) + MAX_DOWNLOAD_FILTERS - 1
-        );
-        assert_eq!(plan.warnings.len(), 1, "{:?}", plan.warnings);
-        assert_eq!(plan.warnings[0].path, "policy.provider_ranges");
-        assert!(
-            plan.warnings[0].message.contains("needs 3005 u32 filters"),
-            "{}",
-            plan.warnings[0]
-        );
-        // The factory policy is far below the limit.
+        assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
+        let [v4] = plan.ingress.classifiers.as_slice() else {
+            panic!("{:?}", plan.ingress.classifiers.len());
+        };
+        assert_eq!((v4.pref, v4.entries, v4.dropped), (10, 9005, 0));
+        assert!(!v4.tables.is_empty());
+        let mut worst = 0;
+        for (i, proto, sport, voice) in [
+            (0, 17, 10_000, true),
+            (2, 6, 5060, true),
+            (5998, 6, 5061, true),
+            (5998, 6, 443, false),
+            (5999, 17, 10_000, false),
+            (6000, 17, 10_000, false),
+        ] {
+            let src = std::net::Ipv4Addr::from(0xc612_0000 + i);
+            let (class, walked) = v4.classify(&packet(src, proto, sport));
+            assert_eq!(class, voice.then_some(VOICE_CLASS), "{src} {proto} {sport}");
+            worst = worst.max(walked);
+        }
+        // Wi-Fi calling's ePDG, in the same tree.
+        let epdg = std::net::Ipv4Addr::new(195, 41, 220, 240);
+        assert_eq!(v4.classify(&packet(epdg, 50, 0)).0, Some(VOICE_CLASS));
+        // A download from elsewhere walks a link per level and one bucket.
+        let (class, walked) =
+            v4.classify(&packet(std::net::Ipv4Addr::new(93, 184, 216, 34), 6, 443));
+        assert_eq!(class, None);
+        worst = worst.max(walked);
+        assert!(worst <= 12, "walked {worst} nodes");
+        // The factory policy needs no table.
         let factory = qos(&line("5M", "2M", Framing::AdslPppoa, None));
-        assert!(factory.ingress.filters.len() < 20);
+        assert!(factory
+            .ingress
+            .classifiers
+            .iter()
+            .all(|c| c.tables.is_empty()));
     }
 
     #[test]
@@ -1581,13 +1615,18 @@ mod tests {
     #[test]
     fn download_classifiers_match_the_provider_and_the_epdgs() {
         let plan = qos(&line("5M", "2M", Framing::AdslPppoa, None));
-        let f = &plan.ingress.filters;
-        assert!(plan.egress.filters.is_empty());
-        // provider UDP, provider TCP 5060 and 5061, five ePDGs.
+        assert!(plan.egress.classifiers.is_empty());
+        // IPv4 only: the factory policy has no IPv6 ranges.
+        let [c] = plan.ingress.classifiers.as_slice() else {
+            panic!("{:#?}", plan.ingress.classifiers);
+        };
+        assert_eq!((c.pref, c.protocol), (FIRST_FILTER_PREF, EtherType::Ip));
+        let f = &c.nodes;
+        // provider UDP, provider TCP 5060 and 5061, five ePDGs, in the root.
         assert_eq!(f.len(), 8, "{f:#?}");
-        assert!(f.iter().all(|f| f.classid == VOICE_CLASS));
-        let prefs: Vec<u16> = f.iter().map(|f| f.pref).collect();
-        assert_eq!(prefs, (10..18).collect::<Vec<u16>>());
+        assert!(f.iter().all(|f| f.target == Target::Class(VOICE_CLASS)));
+        let ids: Vec<(u16, u16)> = f.iter().map(|f| (f.table, f.id)).collect();
+        assert_eq!(ids, (1..9).map(|i| (0, i)).collect::<Vec<_>>());
         assert_eq!(
             f[0].keys,
             vec![
@@ -1607,6 +1646,23 @@ mod tests {
         assert_eq!(f[1].keys[3].val, 5060 << 16);
         assert_eq!(f[3].matches, "ip src 195.41.220.240/32");
         assert_eq!(f[3].keys[0].mask, u32::MAX);
+    }
+
+    #[test]
+    fn ipv6_ranges_get_their_own_preference() {
+        let mut c = line("5M", "2M", Framing::AdslPppoa, None);
+        c.policy
+            .provider_ranges
+            .push("2001:db8:40::/42".parse().unwrap());
+        let plan = qos(&c);
+        let prefs: Vec<(u16, EtherType)> = plan
+            .ingress
+            .classifiers
+            .iter()
+            .map(|c| (c.pref, c.protocol))
+            .collect();
+        assert_eq!(prefs, [(10, EtherType::Ip), (11, EtherType::Ipv6)]);
+        assert_eq!(plan.ingress.classifiers[1].nodes.len(), 3);
     }
 
     #[test]

@@ -19,13 +19,16 @@
 //! - a leaf's parameters: the leaf is changed in place; only a change of
 //!   its kind (fq_codel <-> FIFO, when `facts.fq_codel` changes) deletes
 //!   and recreates it, dropping what that one queue held;
-//! - a download classifier: its preference is deleted and added again; in
-//!   between, its packets are shaped as bulk, not dropped;
+//! - a download classifier: missing tables and nodes are added (a table's
+//!   nodes before the node linking to it), a node that differs is deleted
+//!   and added again (in between, what it matched is shaped as bulk, not
+//!   dropped), then what the plan no longer has is removed;
 //! - the root is replaced whole only when it is not the plan's HTB (first
 //!   install, or someone replaced it), and the IFB is created once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use netlink_packet_core::{
@@ -41,9 +44,10 @@ use netlink_packet_route::tc::{
 use netlink_packet_route::RouteNetlinkMessage;
 use nix::errno::Errno;
 use router_config::units::format_rate;
+use router_plan::classifier::{Classifier, Target, U32Node, MATCH_ALL, TABLE_BUCKETS};
 use router_plan::qos::{
     EtherType, GroLimit, Handle, HtbClass, Leaf, LeafKind, QosPlan, Redirect, Shaper, SizeTable,
-    U32Filter, U32Key, INGRESS, ROOT,
+    U32Key, INGRESS, ROOT,
 };
 use rtnetlink::{LinkIfb, LinkUnspec};
 
@@ -795,18 +799,11 @@ fn filter_info(pref: u16, protocol: u16) -> u32 {
     (u32::from(pref) << 16) | u32::from(protocol.to_be())
 }
 
-/// A u32 filter: one node with `keys`, terminal, to `classid` or through `action`.
-fn u32_message(
-    dev: &Dev,
-    parent: Handle,
-    pref: u16,
-    protocol: u16,
-    keys: &[U32Key],
-    classid: Option<Handle>,
-    action: Option<TcAction>,
-) -> TcMessage {
+fn u32_selector(keys: &[U32Key], terminal: bool) -> TcU32Selector {
     let mut sel = TcU32Selector::default();
-    sel.flags = TcU32SelectorFlags::Terminal;
+    if terminal {
+        sel.flags = TcU32SelectorFlags::Terminal;
+    }
     sel.nkeys = u8::try_from(keys.len()).unwrap_or(u8::MAX);
     sel.keys = keys
         .iter()
@@ -818,15 +815,19 @@ fn u32_message(
             key
         })
         .collect();
-    let mut options = Vec::new();
-    if let Some(c) = classid {
-        options.push(TcOption::U32(TcFilterU32Option::ClassId(tc_handle(c))));
-    }
-    options.push(TcOption::U32(TcFilterU32Option::Selector(sel)));
-    if let Some(a) = action {
-        options.push(TcOption::U32(TcFilterU32Option::Action(vec![a])));
-    }
+    sel
+}
+
+fn u32_filter_message(
+    dev: &Dev,
+    parent: Handle,
+    pref: u16,
+    protocol: u16,
+    handle: u32,
+    options: Vec<TcOption>,
+) -> TcMessage {
     let mut h = header(dev, Handle::new(0, 0), parent.as_u32());
+    h.handle = TcHandle::from(handle);
     h.info = filter_info(pref, protocol);
     TcMessage::from_parts(
         h,
@@ -837,24 +838,64 @@ fn u32_message(
     )
 }
 
-fn classifier_message(dev: &Dev, f: &U32Filter) -> TcMessage {
-    u32_message(
+/// A hash table of `TABLE_BUCKETS` buckets in preference `c.pref`.
+fn table_message(dev: &Dev, c: &Classifier, id: u16) -> TcMessage {
+    u32_filter_message(
         dev,
         ROOT,
-        f.pref,
-        f.protocol.value(),
-        &f.keys,
-        Some(f.classid),
-        None,
+        c.pref,
+        c.protocol.value(),
+        u32::from(id) << 20,
+        vec![TcOption::U32(TcFilterU32Option::Divisor(u32::from(
+            TABLE_BUCKETS,
+        )))],
     )
 }
 
-/// The key of a match-all u32 node.
-const MATCH_ALL: U32Key = U32Key {
-    off: 0,
-    val: 0,
-    mask: 0,
-};
+/// One node of a download classifier. A root node is sent with its id
+/// alone: the kernel puts it in the preference's root, whatever its number.
+fn node_message(dev: &Dev, c: &Classifier, n: &U32Node) -> TcMessage {
+    let mut options = Vec::new();
+    let mut sel = u32_selector(&n.keys, matches!(n.target, Target::Class(_)));
+    match n.target {
+        Target::Class(class) => {
+            options.push(TcOption::U32(TcFilterU32Option::ClassId(tc_handle(class))));
+        }
+        Target::Table { id, hash } => {
+            options.push(TcOption::U32(TcFilterU32Option::Link(u32::from(id) << 20)));
+            sel.hoff = i16::try_from(hash.off).unwrap_or(0);
+            sel.hmask = hash.mask;
+        }
+    }
+    if n.table != 0 {
+        options.push(TcOption::U32(TcFilterU32Option::Hash(n.handle() & !0xfff)));
+    }
+    options.push(TcOption::U32(TcFilterU32Option::Selector(sel)));
+    u32_filter_message(dev, ROOT, c.pref, c.protocol.value(), n.handle(), options)
+}
+
+/// A u32 filter: one node with `keys`, terminal, to `classid` or through `action`.
+fn u32_message(
+    dev: &Dev,
+    parent: Handle,
+    pref: u16,
+    protocol: u16,
+    keys: &[U32Key],
+    classid: Option<Handle>,
+    action: Option<TcAction>,
+) -> TcMessage {
+    let mut options = Vec::new();
+    if let Some(c) = classid {
+        options.push(TcOption::U32(TcFilterU32Option::ClassId(tc_handle(c))));
+    }
+    options.push(TcOption::U32(TcFilterU32Option::Selector(u32_selector(
+        keys, true,
+    ))));
+    if let Some(a) = action {
+        options.push(TcOption::U32(TcFilterU32Option::Action(vec![a])));
+    }
+    u32_filter_message(dev, parent, pref, protocol, 0, options)
+}
 
 /// `tc filter add dev WAN parent ffff: pref 1 protocol all u32 match u32 0 0
 /// action mirred egress redirect dev IFB`.
@@ -1042,17 +1083,104 @@ struct Class {
 /// One u32 node as read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Node {
+    /// The kernel handle, `table:bucket:id`.
+    handle: u32,
     classid: Option<Handle>,
     keys: Vec<U32Key>,
     mirred: Option<u32>,
+    /// The table it links to (its id), with the hashed word's offset and mask.
+    link: Option<(u16, i16, u32)>,
 }
 
-/// All nodes of one filter preference, as read back.
-#[derive(Debug, Clone)]
+/// All nodes and hash tables of one filter preference, as read back.
+#[derive(Debug, Clone, Default)]
 struct Filter {
     protocol: u16,
     kind: String,
+    /// Hash tables: id -> buckets. The root is among them, numbered by the
+    /// kernel from [`FIRST_KERNEL_TABLE`].
+    tables: BTreeMap<u16, u32>,
     nodes: Vec<Node>,
+}
+
+/// The kernel numbers the tables it makes itself (a preference's root)
+/// from here; the plan's stay below.
+const FIRST_KERNEL_TABLE: u16 = 0x800;
+
+/// The table id of a u32 handle.
+fn table_of(handle: u32) -> u16 {
+    u16::try_from(handle >> 20).unwrap_or(0)
+}
+
+/// A handle as the plan writes it: the root's table as 0.
+fn plan_form(handle: u32) -> u32 {
+    if table_of(handle) >= FIRST_KERNEL_TABLE {
+        handle & 0xf_ffff
+    } else {
+        handle
+    }
+}
+
+impl Filter {
+    /// The preference's root table.
+    fn root(&self) -> Option<u16> {
+        self.tables
+            .keys()
+            .copied()
+            .find(|t| *t >= FIRST_KERNEL_TABLE)
+    }
+
+    /// How to remove the preference without leaving its tables behind.
+    fn teardown(&self) -> Teardown {
+        let root = self.root();
+        let root_nodes = self
+            .nodes
+            .iter()
+            .filter(|n| Some(table_of(n.handle)) == root)
+            .map(|n| n.handle)
+            .collect();
+        Teardown {
+            root_nodes,
+            tables: self.top_down(root),
+        }
+    }
+
+    /// The preference's own tables (not the root), each after the tables
+    /// linking to it; tables nothing links to last.
+    fn top_down(&self, root: Option<u16>) -> Vec<u16> {
+        let mut order: Vec<u16> = Vec::new();
+        let mut level: Vec<u16> = root.into_iter().collect();
+        let mut seen: BTreeSet<u16> = level.iter().copied().collect();
+        while !level.is_empty() {
+            let mut next = Vec::new();
+            for n in &self.nodes {
+                if let Some((to, _, _)) = n.link {
+                    if level.contains(&table_of(n.handle)) && seen.insert(to) {
+                        next.push(to);
+                    }
+                }
+            }
+            next.sort_unstable();
+            order.extend(next.iter().copied().filter(|t| self.tables.contains_key(t)));
+            level = next;
+        }
+        for t in self.tables.keys() {
+            if *t < FIRST_KERNEL_TABLE && !order.contains(t) {
+                order.push(*t);
+            }
+        }
+        order
+    }
+}
+
+/// What removing a u32 preference takes. The kernel keeps a preference's
+/// hash tables after the preference itself is gone (invisible, and in the
+/// way of a table with the same id), and refuses to delete a table a node
+/// still links to: so first the root's nodes, then the tables from the top.
+#[derive(Debug, Clone, Default)]
+struct Teardown {
+    root_nodes: Vec<u32>,
+    tables: Vec<u16>,
 }
 
 fn kind_of(attrs: &[TcAttribute]) -> String {
@@ -1196,14 +1324,18 @@ fn decode_filters(msgs: &[TcMessage]) -> BTreeMap<u16, Filter> {
         let entry = out.entry(pref).or_insert_with(|| Filter {
             protocol,
             kind: kind_of(&m.attributes),
-            nodes: Vec::new(),
+            ..Filter::default()
         });
+        let handle = u32::from(m.header.handle);
         let mut node = Node {
+            handle,
             classid: None,
             keys: Vec::new(),
             mirred: None,
+            link: None,
         };
-        let mut has_selector = false;
+        let mut selector = None;
+        let mut link = None;
         for a in &m.attributes {
             let TcAttribute::Options(opts) = a else {
                 continue;
@@ -1213,8 +1345,11 @@ fn decode_filters(msgs: &[TcMessage]) -> BTreeMap<u16, Filter> {
                     TcOption::U32(TcFilterU32Option::ClassId(c)) => {
                         node.classid = Some(plan_handle(*c))
                     }
+                    TcOption::U32(TcFilterU32Option::Divisor(d)) => {
+                        entry.tables.insert(table_of(handle), *d);
+                    }
+                    TcOption::U32(TcFilterU32Option::Link(l)) => link = Some(table_of(*l)),
                     TcOption::U32(TcFilterU32Option::Selector(sel)) => {
-                        has_selector = true;
                         node.keys = sel
                             .keys
                             .iter()
@@ -1224,6 +1359,7 @@ fn decode_filters(msgs: &[TcMessage]) -> BTreeMap<u16, Filter> {
                                 mask: k.mask,
                             })
                             .collect();
+                        selector = Some((sel.hoff, sel.hmask));
                     }
                     TcOption::U32(TcFilterU32Option::Action(actions)) => {
                         node.mirred = actions.iter().find_map(mirred_target);
@@ -1232,7 +1368,8 @@ fn decode_filters(msgs: &[TcMessage]) -> BTreeMap<u16, Filter> {
                 }
             }
         }
-        if has_selector {
+        if let Some((hoff, hmask)) = selector {
+            node.link = link.map(|t| (t, hoff, hmask));
             entry.nodes.push(node);
         }
     }
@@ -1399,14 +1536,13 @@ enum Step<'a> {
         leaf: &'a Leaf,
         found: String,
     },
-    AddFilter(&'a U32Filter),
-    ReplaceFilter {
-        filter: &'a U32Filter,
-        protocol: u16,
-    },
+    /// A download classifier differs: what makes it the plan's.
+    Classifier(ClassifierWork<'a>),
+    /// A preference the plan does not have.
     RemoveFilter {
         pref: u16,
         protocol: u16,
+        teardown: Teardown,
     },
     AddIngress,
     ReplaceIngress {
@@ -1456,13 +1592,7 @@ impl Step<'_> {
                 leaf.kind.kind(),
                 leaf.handle
             ),
-            Step::AddFilter(f) => {
-                format!("{dev}: filter pref {} ({}) is missing", f.pref, f.matches)
-            }
-            Step::ReplaceFilter { filter, .. } => format!(
-                "{dev}: filter pref {} differs from the plan ({} flowid {})",
-                filter.pref, filter.matches, filter.classid
-            ),
+            Step::Classifier(w) => w.describe(dev),
             Step::RemoveFilter { pref, .. } => {
                 format!("{dev}: filter pref {pref} is not in the plan")
             }
@@ -1563,29 +1693,17 @@ fn diff_shaper<'a>(state: &DevState, s: &'a Shaper) -> Vec<Step<'a>> {
             }),
         }
     }
-    for f in &s.filters {
-        let want = Node {
-            classid: Some(f.classid),
-            keys: f.keys.clone(),
-            mirred: None,
-        };
-        match state.filters.get(&f.pref) {
-            None => steps.push(Step::AddFilter(f)),
-            Some(k)
-                if k.kind == "u32"
-                    && k.protocol == f.protocol.value()
-                    && k.nodes == std::slice::from_ref(&want) => {}
-            Some(k) => steps.push(Step::ReplaceFilter {
-                filter: f,
-                protocol: k.protocol,
-            }),
+    for c in &s.classifiers {
+        if let Some(w) = diff_classifier(state.filters.get(&c.pref), c) {
+            steps.push(Step::Classifier(w));
         }
     }
     for (pref, k) in &state.filters {
-        if !s.filters.iter().any(|f| f.pref == *pref) {
+        if !s.classifiers.iter().any(|c| c.pref == *pref) {
             steps.push(Step::RemoveFilter {
                 pref: *pref,
                 protocol: k.protocol,
+                teardown: k.teardown(),
             });
         }
     }
@@ -1617,17 +1735,19 @@ fn diff_redirect<'a>(state: &DevState, r: &Redirect, ifb_index: u32) -> Vec<Step
         }
         Some(_) => {}
     }
-    let want = Node {
-        classid: None,
-        keys: vec![MATCH_ALL],
-        mirred: Some(ifb_index),
+    let is_redirect = |n: &Node| {
+        n.classid.is_none()
+            && n.keys == [MATCH_ALL]
+            && n.mirred == Some(ifb_index)
+            && n.link.is_none()
     };
     match state.filters.get(&r.pref) {
         None => steps.push(Step::AddRedirect),
         Some(k)
             if k.kind == "u32"
                 && k.protocol == EtherType::All.value()
-                && k.nodes == std::slice::from_ref(&want) => {}
+                && k.nodes.len() == 1
+                && is_redirect(&k.nodes[0]) => {}
         Some(k) => steps.push(Step::ReplaceRedirect {
             protocol: k.protocol,
         }),
@@ -1637,10 +1757,349 @@ fn diff_redirect<'a>(state: &DevState, r: &Redirect, ifb_index: u32) -> Vec<Step
             steps.push(Step::RemoveFilter {
                 pref: *pref,
                 protocol: k.protocol,
+                teardown: k.teardown(),
             });
         }
     }
     steps
+}
+
+// ------------------------------------------------------- the classifiers
+
+/// What makes the kernel's preference `c.pref` hold the classifier `c`.
+#[derive(Debug)]
+struct ClassifierWork<'a> {
+    c: &'a Classifier,
+    /// The preference holds another kind of filter or protocol, or a table
+    /// of another size: remove it first (then build the plan's from nothing).
+    teardown: Option<(u16, String, Teardown)>,
+    /// Whether the preference existed (and stays).
+    found: bool,
+    create_tables: Vec<u16>,
+    /// Nodes to add, each with the kernel handle of the node it replaces.
+    put: Vec<(&'a U32Node, Option<u32>)>,
+    /// Kernel handles of nodes the plan does not have, outside the tables
+    /// that go.
+    remove_nodes: Vec<u32>,
+    /// Tables the plan does not have, from the top.
+    remove_tables: Vec<u16>,
+}
+
+/// Whether the node read back is the plan's node.
+fn node_matches(found: &Node, n: &U32Node) -> bool {
+    let (classid, link) = match n.target {
+        Target::Class(c) => (Some(c), None),
+        Target::Table { id, hash } => (
+            None,
+            Some((id, i16::try_from(hash.off).unwrap_or(0), hash.mask)),
+        ),
+    };
+    found.classid == classid && found.link == link && found.keys == n.keys && found.mirred.is_none()
+}
+
+fn diff_classifier<'a>(found: Option<&Filter>, c: &'a Classifier) -> Option<ClassifierWork<'a>> {
+    let mut teardown = None;
+    let found = found.filter(|k| {
+        let wrong_table = c.tables.iter().any(|t| {
+            k.tables
+                .get(t)
+                .is_some_and(|d| *d != u32::from(TABLE_BUCKETS))
+        });
+        if k.kind == "u32" && k.protocol == c.protocol.value() && !wrong_table {
+            return true;
+        }
+        let what = if wrong_table {
+            format!("a hash table that is not {TABLE_BUCKETS} buckets")
+        } else {
+            format!("a {} filter for protocol {:#06x}", k.kind, k.protocol)
+        };
+        teardown = Some((k.protocol, what, k.teardown()));
+        false
+    });
+    let empty = Filter::default();
+    let k = found.unwrap_or(&empty);
+    let create_tables: Vec<u16> = c
+        .tables
+        .iter()
+        .copied()
+        .filter(|t| !k.tables.contains_key(t))
+        .collect();
+    let have: BTreeMap<u32, &Node> = k.nodes.iter().map(|n| (plan_form(n.handle), n)).collect();
+    let mut put = Vec::new();
+    for n in &c.nodes {
+        match have.get(&n.handle()) {
+            None => put.push((n, None)),
+            Some(h) if node_matches(h, n) => {}
+            Some(h) => put.push((n, Some(h.handle))),
+        }
+    }
+    let remove_tables: Vec<u16> = k
+        .top_down(k.root())
+        .into_iter()
+        .filter(|t| !c.tables.contains(t))
+        .collect();
+    let planned: BTreeSet<u32> = c.nodes.iter().map(U32Node::handle).collect();
+    // Links first, so the tables they lead to can go.
+    let mut remove_nodes: Vec<u32> = k
+        .nodes
+        .iter()
+        .map(|n| n.handle)
+        .filter(|h| !planned.contains(&plan_form(*h)) && !remove_tables.contains(&table_of(*h)))
+        .collect();
+    remove_nodes.sort_by_key(|h| (table_of(*h) < FIRST_KERNEL_TABLE, *h));
+    let w = ClassifierWork {
+        c,
+        teardown,
+        found: found.is_some(),
+        create_tables,
+        put,
+        remove_nodes,
+        remove_tables,
+    };
+    let nothing = w.teardown.is_none()
+        && w.create_tables.is_empty()
+        && w.put.is_empty()
+        && w.remove_nodes.is_empty()
+        && w.remove_tables.is_empty();
+    (!nothing).then_some(w)
+}
+
+impl ClassifierWork<'_> {
+    /// The drift line [`verify`] reports: counts, and the first node missing
+    /// or different by name.
+    fn describe(&self, dev: &str) -> String {
+        let c = self.c;
+        let head = format!(
+            "{dev}: download classifier pref {} ({})",
+            c.pref,
+            c.protocol.word()
+        );
+        if let Some((_, what, _)) = &self.teardown {
+            return format!("{head}: the preference holds {what}");
+        }
+        if !self.found {
+            return format!(
+                "{head} is missing ({} nodes, {} hash tables)",
+                c.nodes.len(),
+                c.tables.len()
+            );
+        }
+        let mut parts = Vec::new();
+        let missing = self.put.iter().filter(|(_, old)| old.is_none()).count();
+        let differ = self.put.len() - missing;
+        if let Some((n, _)) = self.put.first() {
+            parts.push(format!(
+                "{missing} of {} nodes missing and {differ} different (first: {} {})",
+                c.nodes.len(),
+                node_name(n),
+                n.matches
+            ));
+        }
+        if !self.create_tables.is_empty() {
+            parts.push(format!(
+                "{} of {} hash tables missing",
+                self.create_tables.len(),
+                c.tables.len()
+            ));
+        }
+        if !self.remove_nodes.is_empty() || !self.remove_tables.is_empty() {
+            parts.push(format!(
+                "{} and {} not in the plan",
+                count(self.remove_nodes.len(), "node"),
+                count(self.remove_tables.len(), "hash table")
+            ));
+        }
+        format!("{head} differs from the plan: {}", parts.join("; "))
+    }
+}
+
+/// `1 node`, `2 nodes`.
+fn count(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+/// `::1` for a root node, `1:2a:1` in a table, as tc writes them.
+fn node_name(n: &U32Node) -> String {
+    if n.table == 0 {
+        format!("::{:x}", n.id)
+    } else {
+        format!("{:x}:{:x}:{:x}", n.table, n.bucket, n.id)
+    }
+}
+
+async fn run_classifier(
+    handle: &rtnetlink::Handle,
+    dev: &Dev,
+    w: &ClassifierWork<'_>,
+    changes: &mut Vec<TcChange>,
+) -> Result<(), TcError> {
+    let c = w.c;
+    let proto = c.protocol.value();
+    if let Some((protocol, _, t)) = &w.teardown {
+        remove_pref(handle, dev, ROOT, c.pref, *protocol, t).await?;
+    }
+    for t in &w.create_tables {
+        send(
+            handle,
+            RouteNetlinkMessage::NewTrafficFilter(table_message(dev, c, *t)),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+        .await
+        .map_err(|e| {
+            write_error(
+                dev,
+                format!("create hash table {t:x}: in pref {}", c.pref),
+                e,
+            )
+        })?;
+    }
+    for (n, old) in &w.put {
+        if let Some(old) = old {
+            delete_node(handle, dev, ROOT, c.pref, proto, *old).await?;
+        }
+        send(
+            handle,
+            RouteNetlinkMessage::NewTrafficFilter(node_message(dev, c, n)),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+        .await
+        .map_err(|e| {
+            write_error(
+                dev,
+                format!(
+                    "create node {} ({}) in pref {}",
+                    node_name(n),
+                    n.matches,
+                    c.pref
+                ),
+                e,
+            )
+        })?;
+    }
+    for h in &w.remove_nodes {
+        delete_node(handle, dev, ROOT, c.pref, proto, *h).await?;
+    }
+    for t in &w.remove_tables {
+        delete_table(handle, dev, ROOT, c.pref, proto, *t).await?;
+    }
+    let replaced = w.put.iter().filter(|(_, old)| old.is_some()).count();
+    let (action, what) = if !w.found {
+        (
+            if w.teardown.is_some() {
+                ChangeKind::Replaced
+            } else {
+                ChangeKind::Created
+            },
+            format!("{} nodes, {} hash tables", c.nodes.len(), c.tables.len()),
+        )
+    } else {
+        (
+            ChangeKind::Changed,
+            format!(
+                "{} nodes added, {replaced} replaced, {} removed; {} hash tables added, {} removed",
+                w.put.len() - replaced,
+                w.remove_nodes.len(),
+                w.create_tables.len(),
+                w.remove_tables.len()
+            ),
+        )
+    };
+    changes.push(change(
+        dev,
+        format!("download classifier pref {} ({what})", c.pref),
+        action,
+    ));
+    Ok(())
+}
+
+fn errno_of(e: &rtnetlink::Error) -> Option<Errno> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => Some(Errno::from_raw(-m.raw_code())),
+        _ => None,
+    }
+}
+
+/// Deletes one u32 node by its kernel handle.
+async fn delete_node(
+    handle: &rtnetlink::Handle,
+    dev: &Dev,
+    parent: Handle,
+    pref: u16,
+    protocol: u16,
+    node: u32,
+) -> Result<(), TcError> {
+    let msg = u32_filter_message(dev, parent, pref, protocol, node, Vec::new());
+    send(handle, RouteNetlinkMessage::DelTrafficFilter(msg), 0)
+        .await
+        .map_err(|e| write_error(dev, format!("delete u32 node {node:08x} in pref {pref}"), e))
+}
+
+/// How long [`delete_table`] waits for the kernel to let go of a table.
+const TABLE_RELEASE: Duration = Duration::from_secs(3);
+
+/// Deletes a hash table. The kernel counts a deleted link against its table
+/// only after an RCU grace period, so "in use" right after the links went
+/// is retried for up to [`TABLE_RELEASE`]. A table whose preference is
+/// already gone (the kernel drops an emptied one) is no error.
+async fn delete_table(
+    handle: &rtnetlink::Handle,
+    dev: &Dev,
+    parent: Handle,
+    pref: u16,
+    protocol: u16,
+    table: u16,
+) -> Result<(), TcError> {
+    let started = tokio::time::Instant::now();
+    loop {
+        let msg = u32_filter_message(
+            dev,
+            parent,
+            pref,
+            protocol,
+            u32::from(table) << 20,
+            Vec::new(),
+        );
+        match send(handle, RouteNetlinkMessage::DelTrafficFilter(msg), 0).await {
+            Ok(()) => return Ok(()),
+            Err(e) if errno_of(&e) == Some(Errno::ENOENT) => return Ok(()),
+            Err(e) if errno_of(&e) == Some(Errno::EBUSY) && started.elapsed() < TABLE_RELEASE => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(e) => {
+                return Err(write_error(
+                    dev,
+                    format!("delete hash table {table:x}: in pref {pref}"),
+                    e,
+                ))
+            }
+        }
+    }
+}
+
+/// Removes preference `pref` whole: its root's nodes, its tables from the
+/// top, then the preference (if the kernel has not dropped it already).
+async fn remove_pref(
+    handle: &rtnetlink::Handle,
+    dev: &Dev,
+    parent: Handle,
+    pref: u16,
+    protocol: u16,
+    t: &Teardown,
+) -> Result<(), TcError> {
+    for n in &t.root_nodes {
+        delete_node(handle, dev, parent, pref, protocol, *n).await?;
+    }
+    for table in &t.tables {
+        delete_table(handle, dev, parent, pref, protocol, *table).await?;
+    }
+    match delete_filter(handle, dev, parent, pref, protocol).await {
+        Err(TcError::Write { source, .. }) if errno_of(&source) == Some(Errno::ENOENT) => Ok(()),
+        other => other,
+    }
 }
 
 // ----------------------------------------------------------------- apply
@@ -1750,23 +2209,13 @@ async fn run_step(
                 ChangeKind::Replaced,
             )
         }
-        Step::AddFilter(f) => (
-            RouteNetlinkMessage::NewTrafficFilter(classifier_message(dev, f)),
-            NLM_F_CREATE | NLM_F_EXCL,
-            format!("filter pref {}", f.pref),
-            ChangeKind::Created,
-        ),
-        Step::ReplaceFilter { filter, protocol } => {
-            delete_filter(handle, dev, ROOT, filter.pref, *protocol).await?;
-            (
-                RouteNetlinkMessage::NewTrafficFilter(classifier_message(dev, filter)),
-                NLM_F_CREATE | NLM_F_EXCL,
-                format!("filter pref {}", filter.pref),
-                ChangeKind::Replaced,
-            )
-        }
-        Step::RemoveFilter { pref, protocol } => {
-            delete_filter(handle, dev, ROOT, *pref, *protocol).await?;
+        Step::Classifier(w) => return run_classifier(handle, dev, w, changes).await,
+        Step::RemoveFilter {
+            pref,
+            protocol,
+            teardown,
+        } => {
+            remove_pref(handle, dev, ROOT, *pref, *protocol, teardown).await?;
             changes.push(change(
                 dev,
                 format!("filter pref {pref}"),
@@ -1852,8 +2301,12 @@ async fn apply_redirect(
                 .map_err(|e| write_error(wan, format!("create {object}"), e))?;
                 changes.push(change(wan, object, action));
             }
-            Step::RemoveFilter { pref, protocol } => {
-                delete_filter(handle, wan, INGRESS, pref, protocol).await?;
+            Step::RemoveFilter {
+                pref,
+                protocol,
+                teardown,
+            } => {
+                remove_pref(handle, wan, INGRESS, pref, protocol, &teardown).await?;
                 changes.push(change(
                     wan,
                     format!("ingress filter pref {pref}"),
@@ -1989,23 +2442,109 @@ mod tests {
         };
         let q = decode_qdisc(&round_trip(&leaf_message(&dev(), &fifo)));
         assert_eq!(q.params, LeafParams::Fifo { limit: 23_750 });
-        let msgs: Vec<TcMessage> = plan
-            .ingress
-            .filters
+        let c = &plan.ingress.classifiers[0];
+        let msgs: Vec<TcMessage> = c
+            .nodes
             .iter()
-            .map(|f| round_trip(&classifier_message(&dev(), f)))
+            .map(|n| round_trip(&node_message(&dev(), c, n)))
             .collect();
         let filters = decode_filters(&msgs);
-        assert_eq!(filters.len(), plan.ingress.filters.len());
+        assert_eq!(filters.len(), 1);
         let f = &filters[&10];
         assert_eq!(f.protocol, 0x0800);
-        assert_eq!(f.nodes[0].keys, plan.ingress.filters[0].keys);
+        assert_eq!(f.nodes.len(), c.nodes.len());
+        assert_eq!(f.nodes[0].keys, c.nodes[0].keys);
         assert_eq!(f.nodes[0].classid, Some(router_plan::qos::VOICE_CLASS));
+        assert_eq!(
+            f.nodes[1].handle, 2,
+            "a root node travels with its id alone"
+        );
         let r = decode_filters(&[round_trip(&redirect_message(&dev(), &plan.redirect, 9))]);
         assert_eq!(r[&1].nodes[0].mirred, Some(9));
         assert_eq!(r[&1].protocol, 0x0003);
         // The protocol travels in network byte order.
         assert_eq!(filter_info(10, 0x0800) & 0xffff, 0x0008);
+    }
+
+    /// The plan with `n` provider addresses (every second from 198.18.0.0).
+    fn plan_with_addresses(n: u32) -> QosPlan {
+        let text = include_str!("../../../docs/examples/router.toml");
+        let (cfg, _) = router_config::parse_config(text);
+        let mut policy = router_config::parse_policy(router_config::FACTORY_POLICY).unwrap();
+        policy.provider_ranges = (0..n)
+            .map(|i| {
+                format!("{}/32", std::net::Ipv4Addr::from(0xc612_0000 + 2 * i))
+                    .parse()
+                    .unwrap()
+            })
+            .collect();
+        let checked = router_config::check(cfg.unwrap(), policy).unwrap();
+        router_plan::qos::qos(&checked)
+    }
+
+    /// What the kernel would dump after `c` was created: its root as table
+    /// 0x800, its tables, its nodes.
+    fn as_read_back(c: &Classifier) -> Filter {
+        let mut msgs: Vec<TcMessage> = c
+            .tables
+            .iter()
+            .map(|t| round_trip(&table_message(&dev(), c, *t)))
+            .collect();
+        let mut root = round_trip(&table_message(&dev(), c, 0x800));
+        root.attributes = vec![
+            TcAttribute::Kind("u32".into()),
+            TcAttribute::Options(vec![TcOption::U32(TcFilterU32Option::Divisor(1))]),
+        ];
+        msgs.push(root);
+        for n in &c.nodes {
+            let mut m = round_trip(&node_message(&dev(), c, n));
+            if n.table == 0 {
+                m.header.handle = TcHandle::from(0x800 << 20 | n.handle());
+            }
+            msgs.push(m);
+        }
+        decode_filters(&msgs).remove(&c.pref).unwrap()
+    }
+
+    #[test]
+    fn a_hashed_classifier_reads_back_as_planned_and_comes_apart_from_the_top() {
+        let plan = plan_with_addresses(3000);
+        let c = &plan.ingress.classifiers[0];
+        assert!(c.tables.len() > 1, "{}", c.tables.len());
+        let found = as_read_back(c);
+        assert_eq!(found.root(), Some(0x800));
+        assert!(diff_classifier(Some(&found), c).is_none());
+        // Teardown: the root's one link, then the tables, the top one first.
+        let t = found.teardown();
+        assert_eq!(t.root_nodes, [0x800 << 20 | 1]);
+        assert_eq!(t.tables.len(), c.tables.len());
+        assert_eq!(t.tables[0], c.tables[0]);
+        // Fewer addresses: the plan's nodes are kept or replaced, the rest
+        // removed, tables included.
+        let smaller = plan_with_addresses(10);
+        let s = &smaller.ingress.classifiers[0];
+        let w = diff_classifier(Some(&found), s).unwrap();
+        assert!(w.teardown.is_none() && w.found);
+        // 10 addresses still need one table, the one the kernel has.
+        assert_eq!(s.tables, [1]);
+        assert!(w.create_tables.is_empty());
+        assert_eq!(w.remove_tables.len(), c.tables.len() - 1);
+        assert!(!w.remove_tables.contains(&1));
+        // Nodes inside the tables that go go with them.
+        assert!(!w.remove_nodes.is_empty());
+        assert!(w
+            .remove_nodes
+            .iter()
+            .all(|h| !w.remove_tables.contains(&table_of(*h))));
+        assert!(w
+            .describe("ifb-eth0")
+            .starts_with("ifb-eth0: download classifier pref 10 (ip) differs from the plan: "));
+        // A preference holding another protocol is rebuilt.
+        let mut other = found.clone();
+        other.protocol = 0x86dd;
+        let w = diff_classifier(Some(&other), c).unwrap();
+        assert!(w.teardown.is_some() && !w.found);
+        assert_eq!(w.put.len(), c.nodes.len());
     }
 
     #[test]

@@ -44,12 +44,34 @@ fn block_on<F: Future>(f: F) -> F::Output {
 }
 
 fn checked(text: &str, edit: impl FnOnce(&mut router_config::Config)) -> Checked {
+    let policy = router_config::parse_policy(router_config::FACTORY_POLICY).unwrap();
+    checked_with(text, edit, policy)
+}
+
+fn checked_with(
+    text: &str,
+    edit: impl FnOnce(&mut router_config::Config),
+    policy: router_config::policy::ProviderPolicy,
+) -> Checked {
     let (cfg, diags) = router_config::parse_config(text);
     assert!(diags.is_empty(), "{diags:?}");
     let mut cfg = cfg.unwrap();
     edit(&mut cfg);
-    let policy = router_config::parse_policy(router_config::FACTORY_POLICY).unwrap();
     router_config::check(cfg, policy).unwrap()
+}
+
+/// The example's shaper with the provider's ranges replaced by `n` single
+/// addresses, every second one from 198.18.0.0.
+fn plan_with_addresses(n: u32) -> QosPlan {
+    let mut policy = router_config::parse_policy(router_config::FACTORY_POLICY).unwrap();
+    policy.provider_ranges = (0..n)
+        .map(|i| {
+            format!("{}/32", Ipv4Addr::from(0xc612_0000 + 2 * i))
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    qos_for(&checked_with(EXAMPLE, |_| {}, policy), &host_facts())
 }
 
 /// Facts of this host: no fq_codel.
@@ -115,7 +137,7 @@ fn apply_reads_back_body() {
             "created root qdisc htb 1: on eth0",
             "created class 1:10 on eth0",
             "created qdisc bfifo 20: on eth0",
-            "created filter pref 17 on ifb-eth0",
+            "created download classifier pref 10 (8 nodes, 0 hash tables) on ifb-eth0",
             "created qdisc ingress on eth0",
             "created filter pref 1 (redirect to ifb-eth0) on eth0",
             "changed gro_max_size 1500 on eth0",
@@ -373,10 +395,14 @@ fn apply_reads_back_body() {
         let drift = tc::verify(h, &fibre).await.unwrap();
         assert_eq!(
             drift,
-            ["ifb-eth0: filter pref 10 differs from the plan (ip src 185.72.208.0/22 and udp flowid 1:10)"]
+            ["ifb-eth0: download classifier pref 10 (ip) differs from the plan: 8 of 8 nodes missing and 0 different (first: ::1 ip src 185.72.208.0/22 and udp); 1 node and 0 hash tables not in the plan"]
         );
         let changes = lines(&tc::apply(h, &fibre).await.unwrap());
-        assert_eq!(changes, ["replaced filter pref 10 on ifb-eth0"]);
+        assert_eq!(
+            changes,
+            ["changed download classifier pref 10 (8 nodes added, 0 replaced, 1 removed; 0 hash tables added, 0 removed) on ifb-eth0"]
+        );
+        assert_eq!(tc::verify(h, &fibre).await.unwrap(), Vec::<String>::new());
 
         // A lost IFB is made again, and the redirect follows its new index.
         run(&["ip", "link", "del", "ifb-eth0"]);
@@ -386,7 +412,7 @@ fn apply_reads_back_body() {
         for expected in [
             "created link on ifb-eth0",
             "created root qdisc htb 1: on ifb-eth0",
-            "created filter pref 10 on ifb-eth0",
+            "created download classifier pref 10 (8 nodes, 0 hash tables) on ifb-eth0",
             "replaced filter pref 1 (redirect to ifb-eth0) on eth0",
         ] {
             assert!(
@@ -837,4 +863,179 @@ fn voice_and_bulk_packets_land_in_their_classes_both_ways() {
         2,
         "voice still classified after the change"
     );
+}
+
+#[test]
+fn thousands_of_provider_addresses_are_hashed_and_changed_without_leftovers() {
+    let mut ns = Namespaces::new("rd-tch");
+    let router = ns.add("router");
+    let isp = ns.add("isp");
+    link(
+        &router,
+        "eth0",
+        "203.0.113.1/24",
+        &isp,
+        "203.0.113.2/24",
+        true,
+    );
+    // A provider address deep in the set, its neighbour (not in the set)
+    // and an address of the internet, all on the ISP's side.
+    let member = Ipv4Addr::from(0xc612_0000 + 2 * 2345);
+    let neighbour = Ipv4Addr::from(0xc612_0000 + 2 * 2345 + 1);
+    for addr in [member, neighbour, INTERNET] {
+        run(&[
+            "ip",
+            "-n",
+            &isp,
+            "addr",
+            "add",
+            &format!("{addr}/32"),
+            "dev",
+            "lo",
+        ]);
+    }
+    run(&["ip", "-n", &router, "link", "set", "lo", "up"]);
+    // The LAN port, whose GRO limit the plan sets too.
+    run(&[
+        "ip", "-n", &router, "link", "add", "eth1", "type", "veth", "peer", "name", "pc0",
+    ]);
+
+    let big = plan_with_addresses(3000);
+    let [c] = big.ingress.classifiers.as_slice() else {
+        panic!("one classifier")
+    };
+    assert!(c.tables.len() > 1, "{}", c.tables.len());
+    let started = std::time::Instant::now();
+    let changes = netlink_in(&router, |h| {
+        let big = big.clone();
+        async move { lines(&tc::apply(&h, &big).await.unwrap()) }
+    });
+    eprintln!(
+        "{} nodes and {} tables applied in {:?}",
+        c.nodes.len(),
+        c.tables.len(),
+        started.elapsed()
+    );
+    let created = format!(
+        "created download classifier pref 10 ({} nodes, {} hash tables) on ifb-eth0",
+        c.nodes.len(),
+        c.tables.len()
+    );
+    assert!(changes.contains(&created), "{changes:#?}");
+    let verify = |plan: &QosPlan| {
+        let plan = plan.clone();
+        netlink_in(
+            &router,
+            |h| async move { tc::verify(&h, &plan).await.unwrap() },
+        )
+    };
+    assert_eq!(verify(&big), Vec::<String>::new());
+    let apply = |plan: &QosPlan| {
+        let plan = plan.clone();
+        netlink_in(&router, |h| async move {
+            lines(&tc::apply(&h, &plan).await.unwrap())
+        })
+    };
+    assert_eq!(
+        apply(&big),
+        Vec::<String>::new(),
+        "a second apply changes nothing"
+    );
+    let shown = run(&[
+        "ip", "netns", "exec", &router, "tc", "filter", "show", "dev", "ifb-eth0",
+    ]);
+    assert_eq!(
+        shown.matches("ht divisor 256").count(),
+        c.tables.len(),
+        "the kernel holds the plan's tables"
+    );
+
+    // The kernel sorts the packets: the member's UDP is voice, its
+    // neighbour's and the internet's are bulk (bulk also sees the ISP's ARP).
+    let send = |from: Ipv4Addr, count: u64| {
+        let (v0, b0) = counters(&router, "ifb-eth0");
+        udp(
+            &isp,
+            (from, 5004).into(),
+            (ROUTER_WAN, 5004).into(),
+            172,
+            count as usize,
+        );
+        settle();
+        let (v1, b1) = counters(&router, "ifb-eth0");
+        let (voice, bulk) = (delta(v0, v1).0, delta(b0, b1).0);
+        assert!(voice + bulk >= count, "{from}: {voice} + {bulk} of {count}");
+        voice
+    };
+    assert_eq!(send(member, 5), 5, "from a provider address");
+    assert_eq!(send(neighbour, 4), 0, "from the address next to it");
+    assert_eq!(send(INTERNET, 3), 0, "from the internet");
+
+    // Ten addresses: one table is left, the rest and their nodes go, and
+    // nothing of them stays behind in the kernel.
+    let small = plan_with_addresses(10);
+    let changes = apply(&small);
+    assert_eq!(changes.len(), 1, "{changes:#?}");
+    assert!(
+        changes[0].starts_with("changed download classifier pref 10 ("),
+        "{changes:#?}"
+    );
+    assert_eq!(verify(&small), Vec::<String>::new());
+    let shown = run(&[
+        "ip", "netns", "exec", &router, "tc", "filter", "show", "dev", "ifb-eth0",
+    ]);
+    assert_eq!(shown.matches("ht divisor 256").count(), 1, "{shown}");
+    assert_eq!(send(member, 2), 0, "no longer a provider address");
+    // Back to thousands: every table can be made again (none was left
+    // hidden in the kernel), and the member is voice again.
+    let changes = apply(&big);
+    assert_eq!(changes.len(), 1, "{changes:#?}");
+    assert_eq!(verify(&big), Vec::<String>::new());
+    assert_eq!(send(member, 2), 2);
+
+    // A preference made by hand with a table of its own is taken apart
+    // from the top, so the same table can be made again afterwards.
+    let tc = |args: &[&str]| {
+        let mut all = vec![
+            "ip", "netns", "exec", &router, "tc", "filter", "add", "dev", "ifb-eth0", "parent",
+            "1:", "pref", "99", "protocol", "ip",
+        ];
+        all.extend_from_slice(args);
+        run(&all);
+    };
+    let by_hand = |tc: &dyn Fn(&[&str])| {
+        tc(&["handle", "7fe:", "u32", "divisor", "16"]);
+        tc(&[
+            "u32",
+            "ht",
+            "7fe:3:",
+            "match",
+            "ip",
+            "src",
+            "192.0.2.3/32",
+            "flowid",
+            "1:20",
+        ]);
+        tc(&[
+            "u32",
+            "match",
+            "u32",
+            "0",
+            "0",
+            "link",
+            "7fe:",
+            "hashkey",
+            "mask",
+            "0x0000000f",
+            "at",
+            "12",
+        ]);
+    };
+    by_hand(&tc);
+    let drift = verify(&big);
+    assert_eq!(drift, ["ifb-eth0: filter pref 99 is not in the plan"]);
+    assert_eq!(apply(&big), ["removed filter pref 99 on ifb-eth0"]);
+    by_hand(&tc);
+    assert_eq!(apply(&big), ["removed filter pref 99 on ifb-eth0"]);
+    assert_eq!(verify(&big), Vec::<String>::new());
 }
