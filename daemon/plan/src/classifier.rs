@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use ipnet::IpNet;
 use serde::Serialize;
 
-use crate::qos::{EtherType, Handle, U32Key};
+use crate::qos::{source_offset, words, EtherType, Handle, U32Key};
 
 /// Buckets of every hash table: the kernel's most.
 pub const TABLE_BUCKETS: u16 = 256;
@@ -296,7 +296,7 @@ impl Builder {
 /// `src bits 9-16` for the reader of a plan: which bits of the source
 /// address a table hashes on, counted from 1 at the address's first bit.
 fn window_words(hash: HashKey, v6: bool) -> String {
-    let base = if v6 { 8 } else { 12 };
+    let base = source_offset(v6);
     let word = u32::try_from((hash.off - base) / 4).unwrap_or(0);
     let low = hash.mask.trailing_zeros();
     let first = word * 32 + (32 - low - WINDOW_BITS) + 1;
@@ -306,25 +306,16 @@ fn window_words(hash: HashKey, v6: bool) -> String {
 /// The source address's 32-bit words that are fixed by the prefix: for
 /// word `i`, the network's word and how many of its leading bits are fixed.
 fn word_of(net: &IpNet, i: usize) -> (u32, u32) {
-    let words: Vec<u32> = match net {
-        IpNet::V4(n) => vec![u32::from(n.network())],
-        IpNet::V6(n) => n
-            .network()
-            .octets()
-            .chunks(4)
-            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-    };
     let bits = u32::from(net.prefix_len())
         .saturating_sub(32 * u32::try_from(i).unwrap_or(0))
         .min(32);
-    (words.get(i).copied().unwrap_or(0), bits)
+    (words(net).get(i).copied().unwrap_or(0), bits)
 }
 
 /// The buckets an entry falls in under `hash`: one when the prefix fixes
 /// all 8 hashed bits, more when it leaves some of them open.
 fn buckets_of(e: &Entry, hash: HashKey) -> std::ops::Range<u16> {
-    let base = if matches!(e.net, IpNet::V6(_)) { 8 } else { 12 };
+    let base = source_offset(matches!(e.net, IpNet::V6(_)));
     let i = usize::try_from((hash.off - base) / 4).unwrap_or(0);
     let (word, fixed) = word_of(&e.net, i);
     let shift = hash.mask.trailing_zeros();
@@ -338,9 +329,10 @@ fn buckets_of(e: &Entry, hash: HashKey) -> std::ops::Range<u16> {
 /// bucket, then the fewest nodes in all; `None` when no hash puts fewer in
 /// a bucket than there are entries.
 fn best_hash(entries: &[&Entry], v6: bool) -> Option<HashKey> {
-    let offsets: &[i32] = if v6 { &[8, 12, 16, 20] } else { &[12] };
+    let words = if v6 { 4 } else { 1 };
+    let offsets = (0..words).map(|i| source_offset(v6) + 4 * i);
     let mut best: Option<((usize, usize), HashKey)> = None;
-    for &off in offsets {
+    for off in offsets {
         for shift in (0..=32 - WINDOW_BITS).rev() {
             let hash = HashKey {
                 off,

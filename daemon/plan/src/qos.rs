@@ -959,8 +959,17 @@ impl Sizing {
     }
 }
 
+/// Where the source address starts in the IP header: byte 12 (IPv4) or 8 (IPv6).
+pub(crate) fn source_offset(v6: bool) -> i32 {
+    if v6 {
+        8
+    } else {
+        12
+    }
+}
+
 /// The 32-bit words of an address, big-endian, for u32 keys.
-fn words(net: &IpNet) -> Vec<u32> {
+pub(crate) fn words(net: &IpNet) -> Vec<u32> {
     match net {
         IpNet::V4(n) => vec![u32::from(n.network())],
         IpNet::V6(n) => n
@@ -974,10 +983,7 @@ fn words(net: &IpNet) -> Vec<u32> {
 
 /// Keys matching the source address in `net`.
 fn source_keys(net: &IpNet) -> Vec<U32Key> {
-    let base = match net {
-        IpNet::V4(_) => 12,
-        IpNet::V6(_) => 8,
-    };
+    let base = source_offset(matches!(net, IpNet::V6(_)));
     let mut left = u32::from(net.prefix_len());
     let mut keys = Vec::new();
     for (i, word) in (0i32..).zip(words(net)) {

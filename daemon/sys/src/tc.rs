@@ -378,9 +378,7 @@ pub async fn fq_codel_available(handle: &rtnetlink::Handle) -> Result<bool, TcEr
     let deleted = handle.link().del(dev.index).execute().await;
     let available = match tried {
         Ok(()) => true,
-        Err(rtnetlink::Error::NetlinkError(e))
-            if [Errno::ENOENT, Errno::EOPNOTSUPP].contains(&Errno::from_raw(-e.raw_code())) =>
-        {
+        Err(e) if errno_of(&e).is_some_and(|n| [Errno::ENOENT, Errno::EOPNOTSUPP].contains(&n)) => {
             false
         }
         Err(e) => return Err(write_error(&dev, "try an fq_codel queue".into(), e)),
