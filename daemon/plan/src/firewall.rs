@@ -255,7 +255,7 @@ impl<'a> Firewall<'a> {
         for n in self.nets {
             chains.extend(self.fwd_net(n));
         }
-        chains.push(self.qos_egress());
+        chains.extend(self.qos_egress());
         chains
     }
 
@@ -272,9 +272,13 @@ impl<'a> Firewall<'a> {
 
     /// Voice for the upload shaper: the packet priority names the shaper's
     /// voice class, which HTB takes without a tc filter; RTP and SIP leave
-    /// with the DSCP the provider's network expects.
-    fn qos_egress(&self) -> Chain {
+    /// with the DSCP the provider's network expects. The provider set is
+    /// looked up once per packet: one rule per family jumps to a chain that
+    /// holds the actions, so a policy with thousands of addresses costs one
+    /// interval-set lookup, not one per action.
+    fn qos_egress(&self) -> Vec<Chain> {
         let mut c = Chain::regular("qos_egress");
+        let mut chains = Vec::new();
         let voice = crate::qos::VOICE_CLASS;
         let priority = format!("meta priority set {voice}");
         let ports = crate::qos::voice_ports(&self.checked.policy);
@@ -297,31 +301,35 @@ impl<'a> Firewall<'a> {
         if let Some(p) = self.phones() {
             let from = quote(&p.ifname);
             for (fam, set) in families(p, "provider_v4", "provider_v6") {
+                let name = format!("qos_phone_{set}");
                 c.rule(
-                    format!("iifname {from} {fam} daddr @{set} meta l4proto udp {priority}"),
+                    format!("iifname {from} {fam} daddr @{set} jump {name}"),
+                    format!("spec B3: what the phones send to the provider is voice or SIP; one lookup of @{set} per packet"),
+                );
+                let mut v = Chain::regular(&name);
+                v.rule(
+                    format!("meta l4proto udp {priority}"),
                     format!("spec B3: phone calls (SIP, RTP over UDP) to the provider take the voice class {voice}"),
                 );
                 if !sip_tcp.is_empty() {
-                    c.rule(
-                        format!("iifname {from} {fam} daddr @{set} tcp dport {} {priority}", anon(&sip_tcp)),
+                    v.rule(
+                        format!("tcp dport {} {priority}", anon(&sip_tcp)),
                         format!("spec B3: SIP over TCP/TLS to the provider takes the voice class {voice}"),
                     );
                 }
                 if !ports.rtp.is_empty() {
-                    c.rule(
-                        format!(
-                            "iifname {from} {fam} daddr @{set} udp dport {} {fam} dscp set ef",
-                            anon(&ports.rtp)
-                        ),
+                    v.rule(
+                        format!("udp dport {} {fam} dscp set ef", anon(&ports.rtp)),
                         "spec B3: RTP (sound) to the provider leaves marked DSCP EF",
                     );
                 }
                 if !sip.is_empty() {
-                    c.rule(
-                        format!("iifname {from} {fam} daddr @{set} meta l4proto . th dport {} {fam} dscp set cs3", anon(&sip)),
+                    v.rule(
+                        format!("meta l4proto . th dport {} {fam} dscp set cs3", anon(&sip)),
                         "spec B3: SIP to the provider leaves marked DSCP CS3",
                     );
                 }
+                chains.push(v);
             }
         }
         if let Some(w) = self.wifi_calling_net() {
@@ -332,7 +340,8 @@ impl<'a> Firewall<'a> {
                 );
             }
         }
-        c
+        chains.insert(0, c);
+        chains
     }
 
     /// Conntrack timeouts are set on a flow's first packet, before it is confirmed.
