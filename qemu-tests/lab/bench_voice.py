@@ -17,7 +17,10 @@ the world's senders ran against their 20 ms clock and how late the shaper
 timers ran on the router and in the line emulation (tracefs), prints the
 largest delay of each second, and gives the p99 once more over the seconds
 in which the senders kept their clock (within ON_CLOCK_MS, for ON_CLOCK_AFTER
-seconds before).
+seconds before). It also captures the download's TCP where it enters the
+ISP and its acknowledgements on both sides of the modem, and notes how much
+of the download reached the DSLAM in bursts and how bunched the
+acknowledgements were (dslam_bursts).
 
 A subset, to look into one row (the idle and voice-only rows always run):
   ROUTERD_BENCH_SETTINGS=ours,cake ROUTERD_BENCH_CALLS=17 run.sh --bench
@@ -31,10 +34,11 @@ a setting:
 
 The same file runs inside the world VM (as /lab/bench_voice.py):
   bench_voice.py send near|far LOCAL REMOTE FIRST COUNT TOTAL SECONDS OUT
-  bench_voice.py summarize DIR
+  bench_voice.py summarize DIR DOWN_BPS FRAME_BYTES
 """
 
 import argparse
+import bisect
 import json
 import os
 import re
@@ -124,9 +128,9 @@ def realtime(on):
     os.sched_setscheduler(0, policy, os.sched_param(prio))
 
 
-def pcap_packets(path):
-    """(time ns, stream, seq, send ns, to the provider?) of each voice packet
-    in a pcap."""
+def pcap_records(path):
+    """(time ns, IPv4 header and what was captured after it) of each packet
+    in a pcap of an Ethernet interface."""
     with open(path, "rb") as f:
         data = f.read()
     nano = data[:4] in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
@@ -136,11 +140,106 @@ def pcap_packets(path):
         sec, frac, incl, _ = rec.unpack_from(data, pos)
         ip = data[pos + 16 + 14 : pos + 16 + incl]  # after the Ethernet header
         pos += 16 + incl
-        if len(ip) >= 20 and len(ip) >= (ip[0] & 0x0F) * 4 + 8 + PKT.size:
+        if len(ip) >= 20:
+            yield sec * 1_000_000_000 + frac * (1 if nano else 1000), ip
+
+
+def pcap_packets(path):
+    """(time ns, stream, seq, send ns, to the provider?) of each voice packet
+    in a pcap."""
+    for t, ip in pcap_records(path):
+        if len(ip) >= (ip[0] & 0x0F) * 4 + 8 + PKT.size:
             magic, stream, _, seq, t_send = PKT.unpack_from(ip, (ip[0] & 0x0F) * 4 + 8)
             if magic == MAGIC:
-                yield (sec * 1_000_000_000 + frac * (1 if nano else 1000), stream, seq, t_send,
-                       ip[16:20] == socket.inet_aton(FAR))
+                yield t, stream, seq, t_send, ip[16:20] == socket.inet_aton(FAR)
+
+
+def tcp_segments(path):
+    """(time ns, from the internet's host?, flow port, IP length, TCP
+    payload bytes) of each TCP packet of the download in a pcap."""
+    bulk = socket.inet_aton(BULK)
+    for t, ip in pcap_records(path):
+        hl = (ip[0] & 0x0F) * 4
+        if ip[9] != 6 or len(ip) < hl + 20:
+            continue
+        length = struct.unpack_from("!H", ip, 2)[0]
+        sport, dport = struct.unpack_from("!HH", ip, hl)
+        from_bulk = ip[12:16] == bulk
+        yield t, from_bulk, dport if from_bulk else sport, length, length - hl - (ip[hl + 12] >> 4) * 4
+
+
+DSLAM_WAIT_MS = 10  # download voice that waited longer than this in the DSLAM: what was ahead of it
+BURST_MIN = 4  # segments that arrive faster than the line drains them, back to back: a burst
+ACK_BUNCH_NS = 1_000_000  # acknowledgements this close together arrive as one bunch
+
+
+def dslam_bursts(d, entry, mid, down_bps, frame):
+    """Where the DSLAM's queue comes from (the download): the TCP segments
+    as they entered the ISP from the internet (`dslam-tcp.pcap`, with the
+    acknowledgements leaving toward the internet, after the modem) and as the
+    router sent the acknowledgements (`acks-line.pcap`, before the modem).
+
+    A burst is a run of BURST_MIN or more segments each arriving less than
+    half a frame's time on the line after the one before, so faster than
+    twice the line drains them. For each burst: how many flows sent it, and
+    how many acknowledgements reached the internet in the ACK_BUNCH_NS
+    before it began (a bunch of them releases a window at once). For each
+    download voice packet that waited more than DSLAM_WAIT_MS in the DSLAM:
+    the segments that entered in that wait before it (the queue ahead of it,
+    roughly) and their flows. And how bunched the acknowledgements were
+    where the router sent them and where they reached the internet."""
+    path = f"{d}/dslam-tcp.pcap"
+    if not os.path.exists(path):
+        return None
+    segs, acks = [], []
+    for t, from_bulk, flow, length, payload in tcp_segments(path):
+        if from_bulk and payload > 0:
+            segs.append((t, flow, length))
+        elif not from_bulk and payload == 0:
+            acks.append(t)
+    line_acks = [t for t, from_bulk, _, _, payload in tcp_segments(f"{d}/acks-line.pcap")
+                 if not from_bulk and payload == 0] if os.path.exists(f"{d}/acks-line.pcap") else []
+    gap = frame * 8 / down_bps * 1e9 / 2
+    bursts, run = [], segs[:1]
+    for prev, cur in zip(segs, segs[1:]):
+        if cur[0] - prev[0] < gap:
+            run.append(cur)
+        else:
+            if len(run) >= BURST_MIN:
+                bursts.append(run)
+            run = [cur]
+    if len(run) >= BURST_MIN:
+        bursts.append(run)
+
+    def bunches(times):
+        """Sizes of the runs of acknowledgements closer than ACK_BUNCH_NS."""
+        out, n = [], 1 if times else 0
+        for a, b in zip(times, times[1:]):
+            if b - a < ACK_BUNCH_NS:
+                n += 1
+            else:
+                out.append(n)
+                n = 1
+        return out + ([n] if n else [])
+
+    ack_before = lambda t: bisect.bisect_left(acks, t) - bisect.bisect_left(acks, t - ACK_BUNCH_NS)
+    seg_times = [s[0] for s in segs]
+    ahead = []
+    for key, t_in in entry.items():
+        if key in mid and (mid[key] - t_in) / 1e6 > DSLAM_WAIT_MS:
+            lo, hi = bisect.bisect_left(seg_times, t_in - (mid[key] - t_in)), bisect.bisect_left(seg_times, t_in)
+            ahead.append((hi - lo, len({s[1] for s in segs[lo:hi]})))
+    sizes = [len(b) for b in bursts]
+    mean = lambda v: sum(v) / len(v) if v else None
+    return dict(
+        segments=len(segs), acks=len(acks), bursts=len(bursts),
+        burst_segments_share=sum(sizes) / len(segs) if segs else 0.0,
+        burst_p50=pct(sizes, 50), burst_p99=pct(sizes, 99), burst_max=max(sizes, default=None),
+        burst_one_flow=sum(len({s[1] for s in b}) == 1 for b in bursts) / len(bursts) if bursts else None,
+        burst_acks_before=mean([ack_before(b[0][0]) for b in bursts]),
+        acks_before_any_segment=mean([ack_before(t) for t in seg_times]),
+        ack_bunch_internet_p99=pct(bunches(acks), 99), ack_bunch_router_p99=pct(bunches(line_acks), 99),
+        waited=len(ahead), ahead_segments=mean([a[0] for a in ahead]), ahead_flows=mean([a[1] for a in ahead]))
 
 
 def pct(values, p):
@@ -252,7 +351,7 @@ def first_seen(path):
     return seen
 
 
-def summarize(d):
+def summarize(d, down_bps, frame):
     def sent(role):
         out, late = {}, []
         for name in os.listdir(d):
@@ -274,29 +373,34 @@ def summarize(d):
     res["up"]["send_late_p99"], res["down"]["send_late_p99"] = pct(near[1], 99), pct(far[1], 99)
     for way in ("up", "down"):
         res[f"bulk_{way}"], res[f"bulk_{way}_note"] = bulk(f"{d}/bulk-{way}.log")
+    res["dslam"] = dslam_bursts(d, entry, mid[False], down_bps, frame)
     print(json.dumps(res))
 
 
 # ------------------------------------------------------------------ the host
 def options():
     """The environment's choices: (settings, call counts, delay ms,
-    variants). A subset, to look into one row: ROUTERD_BENCH_SETTINGS=
+    variants, seconds per run or None). A subset, to look into one row: ROUTERD_BENCH_SETTINGS=
     ours,cake ROUTERD_BENCH_CALLS=17 (the idle and voice-only rows always
-    run). Variants of ours: {name: commands run on the router after ours}."""
+    run). Variants of ours: {name: commands run on the router after ours}.
+    ROUTERD_BENCH_SECONDS=30 sets every run's length (with --quick too)."""
     env = lambda k: [x for x in os.environ.get(k, "").split(",") if x]
     try:
         variants = json.loads(os.environ.get("ROUTERD_BENCH_VARIANTS") or "{}")
         calls = [int(x) for x in env("ROUTERD_BENCH_CALLS")]
         delay_ms = int(os.environ.get("ROUTERD_BENCH_DELAY_MS", "0"))
+        seconds = int(os.environ["ROUTERD_BENCH_SECONDS"]) if os.environ.get("ROUTERD_BENCH_SECONDS") else None
     except ValueError as e:
-        raise BenchError(f"ROUTERD_BENCH_VARIANTS, _CALLS or _DELAY_MS: {e}") from e
+        raise BenchError(f"ROUTERD_BENCH_VARIANTS, _CALLS, _DELAY_MS or _SECONDS: {e}") from e
+    if seconds is not None and seconds < 4:
+        raise BenchError(f"ROUTERD_BENCH_SECONDS: {seconds} is too short (the first and last second are left out)")
     if not isinstance(variants, dict) or not all(isinstance(v, str) for v in variants.values()):
         raise BenchError('ROUTERD_BENCH_VARIANTS: not {"name": "commands", ...}')
     settings = env("ROUTERD_BENCH_SETTINGS") or SETTINGS
     unknown = [s for s in settings if s not in SETTINGS and s not in variants]
     if unknown:
         raise BenchError(f"ROUTERD_BENCH_SETTINGS: {unknown} are not one of {SETTINGS} nor a variant")
-    return settings, calls, delay_ms, variants
+    return settings, calls, delay_ms, variants, seconds
 
 
 class BenchError(Exception):
@@ -354,7 +458,7 @@ class Bench:
         self.lab, self.w, self.r = lab, lab.world, lab.router
         self.quick = quick
         self.cases = CASES[:1] if quick else CASES
-        self.settings, self.calls, self.delay_ms, self.variants = choices
+        self.settings, self.calls, self.delay_ms, self.variants, self.seconds = choices
         self.paced = os.environ.get("ROUTERD_BENCH_PACED") == "1"
         self.rows, self.notes = [], []
 
@@ -386,8 +490,10 @@ class Bench:
         # The line carries packets, not aggregates: the provider's TCP is
         # sent a segment at a time (as it reaches the DSLAM from the
         # internet), and the ISP's end of the link merges nothing before the
-        # upload's line emulation.
-        self.must(w, "ip -n provider link set down0 gso_max_segs 1 && ip -n isp link set eth0 gro_max_size 1500",
+        # upload's line emulation (IPv4 GRO has a limit of its own,
+        # gro_ipv4_max_size).
+        self.must(w, "ip -n provider link set down0 gso_max_segs 1 && "
+                  "ip -n isp link set eth0 gro_max_size 1500 gro_ipv4_max_size 1500",
                   "segment-sized packets on the emulated line")
         # The internet's part of the round trip, both ways between the ISP
         # and the provider's and internet hosts.
@@ -529,7 +635,8 @@ class Bench:
             return stat(self.w), stat(self.r), float(f.read().split()[0])
 
     def run(self, case, setting, calls, loaded):
-        w, t, d = self.w, 10 if self.quick else case["seconds"], f"{LOG}/bench"
+        w, d = self.w, f"{LOG}/bench"
+        t = self.seconds or (10 if self.quick else case["seconds"])
         self.must(w, f"rm -rf {d}; mkdir -p {d}", "the run's directory")
         before, cpu0, paced0 = self.counters(), self.cpu(), self.throttled()
         caps = [("provider", "up", "down0", f"udp and dst host {FAR} and dst portrange {FAR_PORT}-{FAR_PORT + 400}")]
@@ -539,6 +646,9 @@ class Bench:
         # Where the download enters the ISP from the internet: splits the
         # DSLAM's part into the world's sending and the DSLAM's own queue.
         caps += [("isp", "dslam-in", "up0", f"udp and src host {FAR}")]
+        if loaded:  # the download's TCP there, and its acknowledgements before the modem
+            caps += [("isp", "dslam-tcp", "up0", f"tcp and host {BULK} and port 5202"),
+                     ("isp", "acks-line", "eth0", f"tcp and dst host {BULK} and dst port 5202")]
         for ns, name, iface, expr in caps:
             w.bg(ns, f"bench/{name}-tcpdump", f"tcpdump -i {iface} -n -s 96 -B 4096 -w {d}/{name}.pcap {expr}")
         for ns, name, *_ in caps:
@@ -571,7 +681,7 @@ class Bench:
             self.note(f"{case['name']}, {setting}, {calls} calls: the internet's fq held a TCP segment back "
                       f"{self.throttled() - paced0} times to pace it")
         timer = [self.timer_lateness(h) if on else None for h, on in zip((self.r, self.w), traced)]
-        res = json.loads(self.must(w, f"python3 {ME} summarize {d}", "summarizing the run", 300)[-1])
+        res = json.loads(self.must(w, f"python3 {ME} summarize {d} {case['down']} {FRAME[case['framing']]}", "summarizing the run", 300)[-1])
         res["seconds"] = t
         busy = [100 - 100 * (b[1] - a[1]) / max(1, b[0] - a[0]) for a, b in zip(cpu0[:2], cpu1[:2])]
         res["cpu"] = dict(world=busy[0], router=busy[1], host_load=cpu1[2])
@@ -582,7 +692,7 @@ class Bench:
             lost = w.out(f"sed -n 's/ packets dropped by kernel//p' {d}/{name}-tcpdump.log").strip()
             if lost != "0":
                 self.note(f"{case['name']}, {setting}, {calls} calls: the capture {name} lost {lost or '?'} packets")
-                res["capture_lost"] += int(lost) if lost.isdigit() and name not in ("line", "dslam-in") else 0
+                res["capture_lost"] += int(lost) if lost.isdigit() and name not in ("line", "dslam-in", "dslam-tcp", "acks-line") else 0
         self.check_setting(setting)
         label = f"{case['name']}, {setting}, {calls} calls{'' if loaded else ', idle'}"
         for way in ("up", "down"):
@@ -594,6 +704,19 @@ class Bench:
                 self.note(f"{label}: voice lost {way} in second (of {t}): count: {lost}")
         self.note(f"{label}: download voice p99 {res['down']['to_line_p99']} ms from its sender to the DSLAM, "
                   f"{res['down']['line_queue_p99']} ms in the DSLAM's queue")
+        b = res.get("dslam")
+        if b and b["segments"]:
+            f1 = lambda x: "-" if x is None else f"{x:.1f}"
+            one = "-" if b["burst_one_flow"] is None else f"{b['burst_one_flow']:.0%}"
+            self.note(f"{label}: the DSLAM got {b['segments']} download segments, {b['burst_segments_share']:.0%} "
+                      f"of them in {b['bursts']} bursts of {BURST_MIN} or more (p50/p99/max {b['burst_p50']}/"
+                      f"{b['burst_p99']}/{b['burst_max']}), {one} of the bursts from one flow; "
+                      f"acknowledgements in the ms before a burst: "
+                      f"{f1(b['burst_acks_before'])} (before any segment: {f1(b['acks_before_any_segment'])}); "
+                      f"acknowledgement bunches p99: {b['ack_bunch_router_p99']} as the router sent them, "
+                      f"{b['ack_bunch_internet_p99']} at the internet; {b['waited']} voice packets waited over "
+                      f"{DSLAM_WAIT_MS} ms in the DSLAM, behind {f1(b['ahead_segments'])} segments of "
+                      f"{f1(b['ahead_flows'])} flows")
         print(f"bench: {label}: {json.dumps(res)}", flush=True)
         for (where, *_), b, a in zip(self.COUNTERS, before, after):
             if moved(b, a):
@@ -702,7 +825,7 @@ def main():
         a = sys.argv[2:]
         return send(a[0], a[1], a[2], int(a[3]), int(a[4]), int(a[5]), float(a[6]), a[7])
     if len(sys.argv) > 1 and sys.argv[1] == "summarize":
-        return summarize(sys.argv[2])
+        return summarize(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--timeout", type=float, default=150.0)
