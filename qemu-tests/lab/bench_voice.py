@@ -155,8 +155,8 @@ def pcap_packets(path):
 
 
 def tcp_segments(path):
-    """(time ns, from the internet's host?, flow port, IP length, TCP
-    payload bytes) of each TCP packet of the download in a pcap."""
+    """(time ns, from the internet's host?, flow port, TCP payload bytes)
+    of each TCP packet of the download in a pcap."""
     bulk = socket.inet_aton(BULK)
     for t, ip in pcap_records(path):
         hl = (ip[0] & 0x0F) * 4
@@ -165,7 +165,7 @@ def tcp_segments(path):
         length = struct.unpack_from("!H", ip, 2)[0]
         sport, dport = struct.unpack_from("!HH", ip, hl)
         from_bulk = ip[12:16] == bulk
-        yield t, from_bulk, dport if from_bulk else sport, length, length - hl - (ip[hl + 12] >> 4) * 4
+        yield t, from_bulk, dport if from_bulk else sport, length - hl - (ip[hl + 12] >> 4) * 4
 
 
 DSLAM_WAIT_MS = 10  # download voice that waited longer than this in the DSLAM: what was ahead of it
@@ -192,12 +192,12 @@ def dslam_bursts(d, entry, mid, down_bps, frame):
     if not os.path.exists(path):
         return None
     segs, acks = [], []
-    for t, from_bulk, flow, length, payload in tcp_segments(path):
+    for t, from_bulk, flow, payload in tcp_segments(path):
         if from_bulk and payload > 0:
-            segs.append((t, flow, length))
+            segs.append((t, flow))
         elif not from_bulk and payload == 0:
             acks.append(t)
-    line_acks = [t for t, from_bulk, _, _, payload in tcp_segments(f"{d}/acks-line.pcap")
+    line_acks = [t for t, from_bulk, _, payload in tcp_segments(f"{d}/acks-line.pcap")
                  if not from_bulk and payload == 0] if os.path.exists(f"{d}/acks-line.pcap") else []
     gap = frame * 8 / down_bps * 1e9 / 2
     bursts, run = [], segs[:1]
@@ -240,6 +240,11 @@ def dslam_bursts(d, entry, mid, down_bps, frame):
         acks_before_any_segment=mean([ack_before(t) for t in seg_times]),
         ack_bunch_internet_p99=pct(bunches(acks), 99), ack_bunch_router_p99=pct(bunches(line_acks), 99),
         waited=len(ahead), ahead_segments=mean([a[0] for a in ahead]), ahead_flows=mean([a[1] for a in ahead]))
+
+
+def ms(x):
+    """A figure in ms (or a count) with one decimal, '-' when there is none."""
+    return "-" if x is None else f"{x:.1f}"
 
 
 def pct(values, p):
@@ -706,17 +711,16 @@ class Bench:
                   f"{res['down']['line_queue_p99']} ms in the DSLAM's queue")
         b = res.get("dslam")
         if b and b["segments"]:
-            f1 = lambda x: "-" if x is None else f"{x:.1f}"
             one = "-" if b["burst_one_flow"] is None else f"{b['burst_one_flow']:.0%}"
             self.note(f"{label}: the DSLAM got {b['segments']} download segments, {b['burst_segments_share']:.0%} "
                       f"of them in {b['bursts']} bursts of {BURST_MIN} or more (p50/p99/max {b['burst_p50']}/"
                       f"{b['burst_p99']}/{b['burst_max']}), {one} of the bursts from one flow; "
                       f"acknowledgements in the ms before a burst: "
-                      f"{f1(b['burst_acks_before'])} (before any segment: {f1(b['acks_before_any_segment'])}); "
+                      f"{ms(b['burst_acks_before'])} (before any segment: {ms(b['acks_before_any_segment'])}); "
                       f"acknowledgement bunches p99: {b['ack_bunch_router_p99']} as the router sent them, "
                       f"{b['ack_bunch_internet_p99']} at the internet; {b['waited']} voice packets waited over "
-                      f"{DSLAM_WAIT_MS} ms in the DSLAM, behind {f1(b['ahead_segments'])} segments of "
-                      f"{f1(b['ahead_flows'])} flows")
+                      f"{DSLAM_WAIT_MS} ms in the DSLAM, behind {ms(b['ahead_segments'])} segments of "
+                      f"{ms(b['ahead_flows'])} flows")
         print(f"bench: {label}: {json.dumps(res)}", flush=True)
         for (where, *_), b, a in zip(self.COUNTERS, before, after):
             if moved(b, a):
@@ -736,8 +740,7 @@ class Bench:
     def table(self):
         """The results, and where the voice waited (p99 of each part) with
         how busy the machines were."""
-        f = lambda x: "-" if x is None else f"{x:.1f}"
-        two = lambda r, k, fmt=f: f"{fmt(r['up'][k])} / {fmt(r['down'][k])}"
+        two = lambda r, k, fmt=ms: f"{fmt(r['up'][k])} / {fmt(r['down'][k])}"
         mbit = lambda r, w: "-" if r[f"bulk_{w}"] is None else f"{'~' * bool(r[f'bulk_{w}_note'])}{r[f'bulk_{w}']:.2f}"
         main = ["| line | setting | calls | voice loss up/down % | one-way p50 up/down ms | p99 up/down ms "
                 "| added p99 up/down ms | jitter up/down ms | bulk up/down Mbit/s | target |"]
@@ -771,12 +774,12 @@ class Bench:
                 verdict = f"n/a: the world sent {sent:.0%} of the voice"
             head = f"| {case['name']} | {setting} | {calls} "
             main.append(head + f"| {two(res, 'loss', lambda x: f'{x:.2f}')} | {two(res, 'p50')} | {two(res, 'p99')} "
-                        f"| {f(added['up'])} / {f(added['down'])} | {two(res, 'jitter')} "
+                        f"| {ms(added['up'])} / {ms(added['down'])} | {two(res, 'jitter')} "
                         f"| {mbit(res, 'up')} / {mbit(res, 'down')} | {verdict} |")
             cpu = res["cpu"]
             late = " / ".join(f"{tm['p99']:.1f}, {tm['max']:.1f}" if tm else "-"
                               for tm in (res.get("timer"), res.get("line_timer")))
-            clock = " / ".join(f"{f(res[w].get('on_clock_p99'))} ({res[w].get('on_clock_share', 0):.0%})"
+            clock = " / ".join(f"{ms(res[w].get('on_clock_p99'))} ({res[w].get('on_clock_share', 0):.0%})"
                                for w in ("up", "down"))
             split.append(head + f"| {two(res, 'router_p99')} | {two(res, 'line_p99')} | {two(res, 'send_late_p99')} "
                          f"| {clock} | {late} "
