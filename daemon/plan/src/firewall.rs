@@ -270,8 +270,9 @@ impl<'a> Firewall<'a> {
         c
     }
 
-    /// Voice for the upload shaper: the packet priority names the shaper's
-    /// voice class, which HTB takes without a tc filter; RTP and SIP leave
+    /// Voice and the downloads' acknowledgements for the upload shaper: the
+    /// packet priority names the shaper's class, which HTB takes without a
+    /// tc filter; RTP and SIP leave
     /// with the DSCP the provider's network expects. The provider set is
     /// looked up once per packet: one rule per family jumps to a chain that
     /// holds the actions, so a policy with thousands of addresses costs one
@@ -280,6 +281,14 @@ impl<'a> Firewall<'a> {
         let mut c = Chain::regular("qos_egress");
         let mut chains = Vec::new();
         let voice = crate::qos::VOICE_CLASS;
+        let acks = crate::qos::ACK_CLASS;
+        c.rule(
+            format!(
+                "tcp flags & (fin | syn | rst | ack) == ack meta length <= {} meta priority set {acks}",
+                crate::qos::ACK_MAX_IP_BYTES
+            ),
+            format!("spec B3: TCP acknowledgements (and segments as small) take class {acks} and leave as they come; voice overrides below"),
+        );
         let priority = format!("meta priority set {voice}");
         let ports = crate::qos::voice_ports(&self.checked.policy);
         let sip_tcp = ports.sip_tcp();

@@ -106,6 +106,20 @@ pub fn per_call_with_headroom(per_call_bps: u64) -> u64 {
     (per_call_bps * (100 + VOICE_HEADROOM_PERCENT)).div_ceil(100)
 }
 
+/// IP bytes of the usual pure TCP acknowledgement: IPv4 and TCP headers
+/// with the timestamp option. Two ATM cells on ADSL.
+pub const ACK_IP_BYTES: u64 = 52;
+
+/// The largest packet the firewall puts in the acknowledgement class: an
+/// IPv6 acknowledgement with timestamps and three SACK blocks.
+pub const ACK_MAX_IP_BYTES: u64 = 100;
+
+/// Acknowledgements a receiver sends per full-size segment, as a fraction:
+/// one for every second segment (delayed ACK, RFC 1122 4.2.3.2, RFC 5681
+/// 4.2), one for every segment while a flow starts or recovers. The lab
+/// counted 0.65-0.70 on 5/2 ADSL (docs/qos.md).
+pub const ACKS_PER_SEGMENT: (u64, u64) = (2, 3);
+
 /// The smallest rate a class is given, bit/s (HTB needs a rate above zero).
 pub const MIN_RATE_BPS: u64 = 8_000;
 
@@ -127,10 +141,15 @@ pub const ROOT: Handle = Handle::new(1, 0);
 pub const LINE_CLASS: Handle = Handle::new(1, 1);
 /// The voice class. The firewall sets this as the packet priority.
 pub const VOICE_CLASS: Handle = Handle::new(1, 0x10);
+/// The upload class of the download's TCP acknowledgements. The firewall
+/// sets this as their packet priority.
+pub const ACK_CLASS: Handle = Handle::new(1, 0x15);
 /// The bulk class, HTB's default.
 pub const BULK_CLASS: Handle = Handle::new(1, 0x20);
 /// The voice class's queue.
 pub const VOICE_LEAF: Handle = Handle::new(0x10, 0);
+/// The acknowledgement class's queue.
+pub const ACK_LEAF: Handle = Handle::new(0x15, 0);
 /// The bulk class's queue.
 pub const BULK_LEAF: Handle = Handle::new(0x20, 0);
 /// The WAN's ingress qdisc.
@@ -610,12 +629,14 @@ fn build(checked: &Checked, fq_codel: bool) -> QosPlan {
     let mut warnings = Vec::new();
     let sizing = Sizing {
         framing,
+        down_bps: checked.down_bps,
+        up_bps: checked.up_bps,
         calls: checked.calls,
         per_call_bps,
         calls_configured,
         fq_codel,
     };
-    let egress = sizing.shaper(Direction::Egress, &wan, checked.up_bps, Vec::new());
+    let egress = sizing.shaper(Direction::Egress, &wan, Vec::new());
     let classifiers = download_classifiers(&checked.policy);
     for c in &classifiers {
         if c.dropped > 0 {
@@ -630,7 +651,7 @@ fn build(checked: &Checked, fq_codel: bool) -> QosPlan {
             ));
         }
     }
-    let ingress = sizing.shaper(Direction::Ingress, &ifb, checked.down_bps, classifiers);
+    let ingress = sizing.shaper(Direction::Ingress, &ifb, classifiers);
     for s in [&egress, &ingress] {
         if calls_configured && s.voice_calls < checked.calls {
             warnings.push(Diagnostic::warning(
@@ -643,7 +664,10 @@ fn build(checked: &Checked, fq_codel: bool) -> QosPlan {
                     format_rate(s.shape_bps),
                     s.direction.shape_percent(s.line_bps),
                     s.direction.config_path(),
-                    format_rate(voice_room(s.direction, s.line_bps, per_call_bps).voice_bps),
+                    format_rate(
+                        voice_room(s.direction, checked.down_bps, checked.up_bps, framing)
+                            .voice_bps
+                    ),
                     s.voice_calls,
                 ),
             ));
@@ -751,13 +775,21 @@ pub struct VoiceRoom {
     pub calls: u64,
 }
 
-/// The room for voice under the `direction` shaper of a `line_bps` line,
-/// and how many calls of `per_call_bps` on the wire it holds: the figure
-/// the tree is built from, and what `routerctl capacity` prints beside the
-/// line's own.
-pub fn voice_room(direction: Direction, line_bps: u64, per_call_bps: u64) -> VoiceRoom {
-    let shape_bps =
-        whole_bytes(line_bps * direction.shape_percent(line_bps) / 100).max(2 * MIN_RATE_BPS);
+/// The shaper's rate for a `line_bps` line in `direction`, whole bytes.
+pub fn shaper_rate(direction: Direction, line_bps: u64) -> u64 {
+    whole_bytes(line_bps * direction.shape_percent(line_bps) / 100).max(2 * MIN_RATE_BPS)
+}
+
+/// The room for voice under the `direction` shaper of a `down_bps`/`up_bps`
+/// line with `framing`, and how many calls it holds: the figure the tree is
+/// built from, and what `routerctl capacity` prints beside the line's own.
+pub fn voice_room(direction: Direction, down_bps: u64, up_bps: u64, framing: Framing) -> VoiceRoom {
+    let per_call_bps = voice_wire_bps(framing, false);
+    let line_bps = match direction {
+        Direction::Egress => up_bps,
+        Direction::Ingress => down_bps,
+    };
+    let shape_bps = shaper_rate(direction, line_bps);
     let bulk_bps = bulk_min(shape_bps);
     let voice_bps = shape_bps.saturating_sub(bulk_bps);
     VoiceRoom {
@@ -766,6 +798,36 @@ pub fn voice_room(direction: Direction, line_bps: u64, per_call_bps: u64) -> Voi
         voice_bps,
         calls: voice_bps / per_call_with_headroom(per_call_bps).max(1),
     }
+}
+
+/// Bit/s the acknowledgements of a download take on the upload line, when
+/// the download brings `down_bps` of full-size segments on the line with
+/// `framing` ([`ACKS_PER_SEGMENT`] of [`ACK_IP_BYTES`] each).
+pub fn ack_load_bps(framing: Framing, down_bps: u64) -> u64 {
+    let (per, segments) = ACKS_PER_SEGMENT;
+    let ack = u128::from(framing.wire_bytes(ACK_IP_BYTES));
+    let segment = u128::from(framing.wire_bytes(MAX_IP_PACKET));
+    let bps = u128::from(down_bps) * u128::from(per) * ack / (u128::from(segments) * segment);
+    u64::try_from(bps).unwrap_or(u64::MAX)
+}
+
+/// What the upload's acknowledgement class is guaranteed while `calls`
+/// calls are in progress on a `down_bps` line whose upload is shaped at
+/// `up_shape_bps`: the acknowledgements of what the download shaper leaves
+/// the calls' sound ([`ack_load_bps`]), at most what the upload shaper has
+/// after bulk's minimum and the calls' steady rate. So the class shares the
+/// voice class's headroom, never the calls' own rate, and all the classes'
+/// rates together stay below the line's.
+///
+/// Acknowledgements that must borrow wait whenever the shaper is full and
+/// then leave in a bunch; each sender answers its bunch with a burst of
+/// segments, and download voice waits behind the burst in the DSLAM
+/// (docs/qos.md). Within a guarantee they leave as they come.
+pub fn acks_bps(framing: Framing, down_bps: u64, up_shape_bps: u64, calls: u64) -> u64 {
+    let sound = calls.saturating_mul(voice_wire_bps(framing, false));
+    let down_bulk = shaper_rate(Direction::Ingress, down_bps).saturating_sub(sound);
+    let left = up_shape_bps.saturating_sub(bulk_min(up_shape_bps).saturating_add(sound));
+    whole_bytes(ack_load_bps(framing, down_bulk).min(left)).max(MIN_RATE_BPS)
 }
 
 /// Bulk's guarantee under a shaper of `shape_bps`: [`BULK_MIN_PERCENT`] of
@@ -780,6 +842,8 @@ fn bulk_min(shape_bps: u64) -> u64 {
 /// Everything one direction's sizing needs.
 struct Sizing {
     framing: Framing,
+    down_bps: u64,
+    up_bps: u64,
     calls: u64,
     per_call_bps: u64,
     calls_configured: bool,
@@ -804,14 +868,12 @@ impl Sizing {
         at_rate.max(self.max_frame())
     }
 
-    fn shaper(
-        &self,
-        direction: Direction,
-        device: &str,
-        line_bps: u64,
-        classifiers: Vec<Classifier>,
-    ) -> Shaper {
-        let room = voice_room(direction, line_bps, self.per_call_bps);
+    fn shaper(&self, direction: Direction, device: &str, classifiers: Vec<Classifier>) -> Shaper {
+        let line_bps = match direction {
+            Direction::Egress => self.up_bps,
+            Direction::Ingress => self.down_bps,
+        };
+        let room = voice_room(direction, self.down_bps, self.up_bps, self.framing);
         let shape_bps = room.shape_bps;
         let voice_calls = self.calls.min(room.calls);
         let voice_bps =
@@ -861,19 +923,45 @@ impl Sizing {
             prio,
             why,
         };
-        let classes = vec![
+        let mut classes = vec![
             class(LINE_CLASS, ROOT, shape_bps, 0, line),
             class(VOICE_CLASS, LINE_CLASS, voice_bps, 0, voice_why),
-            class(
+        ];
+        // The download's acknowledgements leave by the upload, sized for
+        // the calls both directions hold.
+        let both = voice_calls
+            .min(voice_room(Direction::Ingress, self.down_bps, self.up_bps, self.framing).calls);
+        let acks = (direction == Direction::Egress)
+            .then(|| acks_bps(self.framing, self.down_bps, shape_bps, both));
+        if let Some(acks_bps) = acks {
+            let down_bulk = shaper_rate(Direction::Ingress, self.down_bps)
+                .saturating_sub(both * self.per_call_bps);
+            let (per, segments) = ACKS_PER_SEGMENT;
+            let capped = if acks_bps < whole_bytes(ack_load_bps(self.framing, down_bulk)) {
+                ", capped at what the calls leave at their steady rate"
+            } else {
+                ""
+            };
+            classes.push(class(
+                ACK_CLASS,
+                LINE_CLASS,
+                acks_bps,
+                0,
+                format!(
+                    "spec B3: the download's TCP acknowledgements ({per} per {segments} full-size segments of the {} the download shaper leaves {both} calls{capped}), prio 0, may borrow: guaranteed, so they leave as they come and no sender answers a bunch with a burst into the DSLAM",
+                    format_rate(down_bulk)
+                ),
+            ));
+        }
+        classes.push(class(
                 BULK_CLASS,
                 LINE_CLASS,
                 bulk_bps,
                 1,
                 "spec B3: everything else, fairly: guaranteed 5% of the shaper, borrows what voice leaves"
                     .to_string(),
-            ),
-        ];
-        let leaves = self.leaves(direction.slow(line_bps), shape_bps, voice_calls);
+            ));
+        let leaves = self.leaves(direction.slow(line_bps), shape_bps, voice_calls, acks);
         Shaper {
             direction,
             device: device.to_string(),
@@ -889,8 +977,15 @@ impl Sizing {
     }
 
     /// The leaves' queues; `slow_download`: the bulk leaf judges its queue
-    /// over [`SLOW_DOWNLOAD_BULK_INTERVAL_MICROS`].
-    fn leaves(&self, slow_download: bool, shape_bps: u64, voice_calls: u64) -> Vec<Leaf> {
+    /// over [`SLOW_DOWNLOAD_BULK_INTERVAL_MICROS`]; `acks`: the rate of the
+    /// acknowledgement class, when the shaper has one.
+    fn leaves(
+        &self,
+        slow_download: bool,
+        shape_bps: u64,
+        voice_calls: u64,
+        acks: Option<u64>,
+    ) -> Vec<Leaf> {
         if self.fq_codel {
             // CoDel's target must exceed the time one full-size packet takes
             // at this rate, or it drops on a queue of one (sqm-scripts' rule:
@@ -918,43 +1013,61 @@ impl Sizing {
                         .to_string(),
                 )
             };
-            vec![
-                Leaf {
-                    parent: VOICE_CLASS,
-                    handle: VOICE_LEAF,
+            let mut leaves = vec![Leaf {
+                parent: VOICE_CLASS,
+                handle: VOICE_LEAF,
+                kind: codel(CODEL_INTERVAL_MICROS),
+                why: "facts.fq_codel: the calls share the voice class fairly, with AQM".into(),
+            }];
+            if acks.is_some() {
+                leaves.push(Leaf {
+                    parent: ACK_CLASS,
+                    handle: ACK_LEAF,
                     kind: codel(CODEL_INTERVAL_MICROS),
-                    why: "facts.fq_codel: the calls share the voice class fairly, with AQM".into(),
-                },
-                Leaf {
-                    parent: BULK_CLASS,
-                    handle: BULK_LEAF,
-                    kind: bulk,
-                    why: bulk_why,
-                },
-            ]
+                    why: "facts.fq_codel: the downloads' acknowledgements share their class fairly, with AQM".into(),
+                });
+            }
+            leaves.push(Leaf {
+                parent: BULK_CLASS,
+                handle: BULK_LEAF,
+                kind: bulk,
+                why: bulk_why,
+            });
+            leaves
         } else {
             // 100 ms of the shaper's rate for bulk; two packets per call for voice.
             let bulk_bytes = u32::try_from(shape_bps / 8 / 10)
                 .unwrap_or(u32::MAX)
                 .max(2 * self.max_frame());
             let voice_packets = u32::try_from(voice_calls * 2).unwrap_or(u32::MAX).max(16);
-            vec![
-                Leaf {
-                    parent: VOICE_CLASS,
-                    handle: VOICE_LEAF,
-                    kind: LeafKind::Pfifo {
-                        limit: voice_packets,
-                    },
-                    why: "facts.fq_codel = false: a FIFO of two packets per call (at least 16)"
-                        .into(),
+            let mut leaves = vec![Leaf {
+                parent: VOICE_CLASS,
+                handle: VOICE_LEAF,
+                kind: LeafKind::Pfifo {
+                    limit: voice_packets,
                 },
-                Leaf {
-                    parent: BULK_CLASS,
-                    handle: BULK_LEAF,
-                    kind: LeafKind::Bfifo { limit: bulk_bytes },
-                    why: "facts.fq_codel = false: a FIFO of 100 ms at the shaper's rate".into(),
-                },
-            ]
+                why: "facts.fq_codel = false: a FIFO of two packets per call (at least 16)".into(),
+            }];
+            if let Some(acks_bps) = acks {
+                // 100 ms of acknowledgements at the class's rate.
+                let ack_bytes = self.framing.wire_bytes(ACK_IP_BYTES);
+                let packets = u32::try_from(acks_bps / 8 / 10 / ack_bytes.max(1))
+                    .unwrap_or(u32::MAX)
+                    .max(16);
+                leaves.push(Leaf {
+                    parent: ACK_CLASS,
+                    handle: ACK_LEAF,
+                    kind: LeafKind::Pfifo { limit: packets },
+                    why: "facts.fq_codel = false: a FIFO of 100 ms of acknowledgements at the class's rate (at least 16)".into(),
+                });
+            }
+            leaves.push(Leaf {
+                parent: BULK_CLASS,
+                handle: BULK_LEAF,
+                kind: LeafKind::Bfifo { limit: bulk_bytes },
+                why: "facts.fq_codel = false: a FIFO of 100 ms at the shaper's rate".into(),
+            });
+            leaves
         }
     }
 }
@@ -1161,7 +1274,7 @@ impl QosPlan {
         self.render_shaper(&mut out, &self.egress);
         let _ = writeln!(
             out,
-            "# upload classification: the firewall's chain qos_egress sets meta priority {VOICE_CLASS} on voice before NAT (see nft); the rest takes the default {BULK_CLASS}"
+            "# upload classification: the firewall's chain qos_egress sets meta priority {ACK_CLASS} on TCP acknowledgements and {VOICE_CLASS} on voice before NAT (see nft); the rest takes the default {BULK_CLASS}"
         );
         let _ = writeln!(
             out,
@@ -1440,12 +1553,72 @@ mod tests {
         // Unset calls: no warning, the render says what fits.
         assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
         // What `routerctl capacity` prints is what the tree holds.
-        let room = voice_room(Direction::Egress, 2_000_000, 106_000);
+        let room = voice_room(Direction::Egress, 5_000_000, 2_000_000, Framing::AdslPppoa);
         assert_eq!(
             (room.shape_bps, room.bulk_bps, room.voice_bps, room.calls),
             (1_900_000, 95_000, 1_805_000, up.voice_calls)
         );
-        assert_eq!(voice_room(Direction::Ingress, 5_000_000, 106_000).calls, 34);
+        let down_room = voice_room(Direction::Ingress, 5_000_000, 2_000_000, Framing::AdslPppoa);
+        assert_eq!(down_room.calls, 34);
+        // The download's acknowledgements: 4000k less 16 calls' 1696k is
+        // 2304k of segments, 1696 bytes each on the line; 2 of 3 answered
+        // by a 106-byte acknowledgement: 96k.
+        let acks = up.class(ACK_CLASS).unwrap();
+        assert_eq!(acks.rate_bps, 96_000);
+        assert_eq!(
+            acks.rate_bps,
+            acks_bps(Framing::AdslPppoa, 5_000_000, 1_900_000, 16)
+        );
+        assert_eq!(
+            (acks.prio, acks.parent, acks.ceil_bps),
+            (0, LINE_CLASS, 1_900_000)
+        );
+        assert!(
+            acks.why.contains(
+                "2 per 3 full-size segments of the 2304kbit the download shaper leaves 16 calls)"
+            ),
+            "{}",
+            acks.why
+        );
+        // The download has no acknowledgement class.
+        assert!(down.class(ACK_CLASS).is_none());
+    }
+
+    #[test]
+    fn acknowledgements_are_guaranteed_their_load_within_what_the_calls_leave() {
+        // 2 of 3 full-size segments answered: on ATM a 52-byte
+        // acknowledgement is 2 cells (106 bytes), a 1500-byte segment 32
+        // (1696 bytes); on Ethernet 70 and 1518 bytes.
+        assert_eq!(ack_load_bps(Framing::AdslPppoa, 1_696_000), 2 * 106_000 / 3);
+        assert_eq!(ack_load_bps(Framing::Ethernet, 1_518_000), 2 * 70_000 / 3);
+        // Fewer calls leave the download more room: more acknowledgements.
+        let ten = qos(&line("5M", "2M", Framing::AdslPppoa, Some(10)));
+        let acks = ten.egress.class(ACK_CLASS).unwrap();
+        assert_eq!(acks.rate_bps, 122_496); // (4000k - 1060k) x 2 x 106 / (3 x 1696)
+                                            // 16/1 ADSL holds 8 calls up; a 12.8 Mbit download less their sound
+                                            // would need 498k of acknowledgements, but the calls leave only
+                                            // 950k - 47.5k - 848k.
+        let slow = qos(&line("16M", "1M", Framing::AdslPppoa, None));
+        assert_eq!(slow.egress.voice_calls, 8);
+        let acks = slow.egress.class(ACK_CLASS).unwrap();
+        assert_eq!(acks.rate_bps, 54_496);
+        assert!(
+            acks.why.contains("capped at what the calls leave"),
+            "{}",
+            acks.why
+        );
+        // Symmetric fibre: the download holds fewer calls (881) than the
+        // upload (985); the acknowledgements are sized for 881.
+        let fibre = qos(&line("100M", "100M", Framing::Ethernet, None));
+        assert_eq!(
+            (fibre.egress.voice_calls, fibre.ingress.voice_calls),
+            (985, 881)
+        );
+        assert_eq!(
+            fibre.egress.class(ACK_CLASS).unwrap().rate_bps,
+            acks_bps(Framing::Ethernet, 100_000_000, 95_000_000, 881)
+        );
+        assert_eq!(fibre.egress.class(ACK_CLASS).unwrap().rate_bps, 251_368);
     }
 
     #[test]
@@ -1490,7 +1663,9 @@ mod tests {
         );
         // The upload is never slow in this sense: it is shaped before the line.
         let up = qos(&line("5M", "2M", Framing::AdslPppoa, None)).egress;
-        assert_eq!(up.leaves[0].kind, up.leaves[1].kind);
+        let handles: Vec<Handle> = up.leaves.iter().map(|l| l.handle).collect();
+        assert_eq!(handles, [VOICE_LEAF, ACK_LEAF, BULK_LEAF]);
+        assert!(up.leaves.iter().all(|l| l.kind == up.leaves[0].kind));
     }
 
     #[test]
@@ -1543,6 +1718,20 @@ mod tests {
                     let voice = s.voice_bps();
                     let bulk = s.class(BULK_CLASS).unwrap().rate_bps;
                     assert!(voice + bulk <= s.shape_bps, "{framing:?} {down}/{up}");
+                    // The acknowledgements share only the voice class's
+                    // headroom: with the calls at their steady rate the
+                    // guarantees fit the shaper.
+                    let acks = s.class(ACK_CLASS).map_or(0, |c| c.rate_bps);
+                    let steady = s.voice_calls * plan.per_call_bps;
+                    assert!(
+                        acks == MIN_RATE_BPS || steady + acks + bulk <= s.shape_bps,
+                        "{framing:?} {down}/{up}: {steady} + {acks} + {bulk}"
+                    );
+                    assert!(voice + acks + bulk <= s.line_bps, "{framing:?} {down}/{up}");
+                    assert_eq!(
+                        s.class(ACK_CLASS).is_some(),
+                        s.direction == Direction::Egress
+                    );
                     assert!(bulk * 100 >= s.shape_bps * BULK_MIN_PERCENT);
                     assert!(bulk * 100 < s.shape_bps * (BULK_MIN_PERCENT + 1));
                 }
@@ -1603,8 +1792,10 @@ mod tests {
         };
         let plan = qos_for(&c, &facts);
         assert_eq!(plan.egress.leaves[0].kind, LeafKind::Pfifo { limit: 32 });
+        // 96k of acknowledgements for 100 ms: 120 bytes, at least 16.
+        assert_eq!(plan.egress.leaves[1].kind, LeafKind::Pfifo { limit: 16 });
         assert_eq!(
-            plan.egress.leaves[1].kind,
+            plan.egress.leaves[2].kind,
             LeafKind::Bfifo { limit: 23_750 }
         );
         assert!(plan

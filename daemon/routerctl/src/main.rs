@@ -13,7 +13,9 @@ use router_config::line::{capacity, voice_wire_bps};
 use router_config::model::Framing;
 use router_config::units::parse_rate;
 use router_config::{Checked, Diagnostic, HostFacts, ProviderPolicy};
-use router_plan::qos::{per_call_with_headroom, voice_room, Direction, VOICE_HEADROOM_PERCENT};
+use router_plan::qos::{
+    acks_bps, per_call_with_headroom, voice_room, Direction, VOICE_HEADROOM_PERCENT,
+};
 use router_plan::Part;
 
 /// Where a provider policy replaced at run time lives; the firmware's factory
@@ -356,7 +358,7 @@ fn capacity_cmd(
     // two trees (routerctl print --part tc).
     let (direction, line_bps, room) = [(Direction::Egress, up_bps), (Direction::Ingress, down_bps)]
         .into_iter()
-        .map(|(d, bps)| (d, bps, voice_room(d, bps, cap.wire_per_call_bps)))
+        .map(|(d, bps)| (d, bps, voice_room(d, down_bps, up_bps, framing)))
         .min_by_key(|(_, _, room)| room.calls)
         .expect("two directions");
     println(format!(
@@ -369,6 +371,12 @@ fn capacity_cmd(
         kbit(room.voice_bps),
         kbit(per_call_with_headroom(cap.wire_per_call_bps)),
         VOICE_HEADROOM_PERCENT
+    ));
+    let up = voice_room(Direction::Egress, down_bps, up_bps, framing);
+    println(format!(
+        "{} of the upload guaranteed to the download's TCP acknowledgements while those {} calls are in progress, out of the calls' headroom and what they leave (spec B3)",
+        kbit(acks_bps(framing, down_bps, up.shape_bps, room.calls)),
+        room.calls
     ));
     println(format!(
         "{} Wi-Fi calls at {} per call (spec B4)",

@@ -150,6 +150,12 @@ fn capacity_of_five_two_is_twenty_calls_and_shows_framing() {
         atm.contains("16 calls protected from bulk traffic by the shaper: it shapes the upload at 95% (1.9 Mbit/s) and keeps 95.0 kbit/s for other traffic, 1.805 Mbit/s for voice, 111.3 kbit/s per call with 5% headroom"),
         "{atm}"
     );
+    // The download's acknowledgements while those calls are in progress:
+    // what routerctl print --part tc shows as class 1:15.
+    assert!(
+        atm.contains("96.0 kbit/s of the upload guaranteed to the download's TCP acknowledgements while those 16 calls are in progress"),
+        "{atm}"
+    );
     // On a symmetric line the download's wider margin decides.
     let fibre = text(&routerctl(&["capacity", "--down", "100M", "--up", "100M"]).stdout);
     assert!(

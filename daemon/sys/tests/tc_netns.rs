@@ -22,14 +22,14 @@ mod common;
 
 use common::{inside, run, Namespaces};
 use std::future::Future;
-use std::io::Write;
-use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use router_config::model::Framing;
 use router_config::{Checked, HostFacts};
-use router_plan::qos::{qos_for, QosPlan, SizeTable, BULK_CLASS, VOICE_CLASS};
+use router_plan::qos::{qos_for, QosPlan, SizeTable, ACK_CLASS, BULK_CLASS, VOICE_CLASS};
 use router_sys::links::Netlink;
 use router_sys::netns::in_netns;
 use router_sys::tc::{self, ChangeKind, ClassStats, TcChange, TcError};
@@ -221,10 +221,17 @@ fn apply_reads_back_body() {
         );
 
         // Fewer calls: the voice classes and queues change, in place (bulk
-        // keeps its 5% guarantee).
+        // keeps its 5% guarantee); the download has more room for bulk, so
+        // its acknowledgements are guaranteed more of the upload.
         let fewer = example_plan(Some(10), Framing::AdslPppoa);
         let drift = tc::verify(h, &fewer).await.unwrap();
-        assert_eq!(drift.len(), 4, "{drift:#?}");
+        assert_eq!(drift.len(), 5, "{drift:#?}");
+        assert!(
+            drift.iter().any(|d| d.starts_with(
+                "eth0: class 1:15 has rate 96kbit ceil 1900kbit buffer 2208334 cbuffer 111579 quantum 1696 prio 0, planned rate 122496bit"
+            )),
+            "{drift:#?}"
+        );
         assert!(
             drift.contains(
                 &"eth0: queue of class 1:10 is pfifo 10: limit 32, planned pfifo 10: limit 20"
@@ -243,6 +250,7 @@ fn apply_reads_back_body() {
                 "changed class 1:10 on ifb-eth0",
                 "changed qdisc pfifo 10: on ifb-eth0",
                 "changed class 1:10 on eth0",
+                "changed class 1:15 on eth0",
                 "changed qdisc pfifo 10: on eth0",
             ]
         );
@@ -618,14 +626,41 @@ fn tcp_refused(ns: &str, to: SocketAddr) {
     });
 }
 
-/// (voice, bulk) counters of `ifname` in the router namespace.
-fn counters(router: &str, ifname: &str) -> (ClassStats, ClassStats) {
+/// The counters of class `id` on `ifname` in the router namespace.
+fn class_counters(router: &str, ifname: &str, id: router_plan::qos::Handle) -> ClassStats {
     let name = ifname.to_string();
     let stats = netlink_in(router, |h| async move {
         tc::class_stats(&h, &name).await.unwrap()
     });
-    let get = |id| *stats.iter().find(|s| s.classid == id).unwrap();
-    (get(VOICE_CLASS), get(BULK_CLASS))
+    *stats.iter().find(|s| s.classid == id).unwrap()
+}
+
+/// (voice, bulk) counters of `ifname` in the router namespace.
+fn counters(router: &str, ifname: &str) -> (ClassStats, ClassStats) {
+    (
+        class_counters(router, ifname, VOICE_CLASS),
+        class_counters(router, ifname, BULK_CLASS),
+    )
+}
+
+/// A download of `bytes` from `server` in `server_ns` to `client_ns`: the
+/// client sends nothing but its handshake, acknowledgements and FIN.
+fn download(server_ns: &str, server: SocketAddr, client_ns: &str, bytes: usize) {
+    let listener = inside(server_ns, || TcpListener::bind(server).unwrap());
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let (mut c, _) = listener.accept().unwrap();
+            c.write_all(&vec![0x5a; bytes]).unwrap();
+        });
+        let got = inside(client_ns, || {
+            let mut c = TcpStream::connect_timeout(&server, Duration::from_secs(3)).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut buf = Vec::new();
+            c.read_to_end(&mut buf).unwrap();
+            buf.len()
+        });
+        assert_eq!(got, bytes, "the download arrived whole");
+    });
 }
 
 /// Packets and bytes between two readings.
@@ -828,6 +863,35 @@ fn voice_and_bulk_packets_land_in_their_classes_both_ways() {
     assert_eq!(delta(iv3, iv4).0, 0, "HTTPS reset must not be voice");
     assert!(delta(b3, b4).0 >= 1 && delta(ib3, ib4).0 >= 1);
     assert_eq!(dscp_counts(&isp), (5, 4), "the SYN to 5061 is marked CS3");
+
+    // A PC downloads 256 KB from the internet: its acknowledgements take
+    // the acknowledgement class, 52 bytes of IP each (2 ATM cells); its SYN
+    // and FIN are bulk.
+    let ack = |s: &ClassStats| (s.packets, s.bytes);
+    let a4 = class_counters(&router, "eth0", ACK_CLASS);
+    let (v4b, b4b) = counters(&router, "eth0");
+    download(&isp, (INTERNET, 8080).into(), &pc, 256 * 1024);
+    settle();
+    let a5 = class_counters(&router, "eth0", ACK_CLASS);
+    let (v5b, b5b) = counters(&router, "eth0");
+    let (acks, ack_bytes) = (ack(&a5).0 - ack(&a4).0, ack(&a5).1 - ack(&a4).1);
+    // The namespaces' veths pass the sender's 64 KB aggregates whole, so
+    // the PC acknowledges fewer, larger packets than on a line.
+    assert!(acks >= 4, "{acks} acknowledgements");
+    assert_eq!(
+        ack_bytes,
+        acks * cost(52 - 28),
+        "each acknowledgement is 2 cells"
+    );
+    assert_eq!(delta(v4b, v5b).0, 0, "no acknowledgement is voice");
+    let bulk = delta(b4b, b5b).0;
+    // (Packets the router itself sends, such as IPv6 neighbour discovery,
+    // are bulk too.)
+    assert!(
+        bulk >= 2 && bulk < acks,
+        "SYN and FIN are bulk, the acknowledgements not: {bulk} bulk, {acks} acknowledgements"
+    );
+    let v4 = v5b;
 
     // The tc program, an independent reader, sees the same voice counters.
     let shown = run(&[
