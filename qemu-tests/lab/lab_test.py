@@ -469,17 +469,21 @@ class Lab:
         _, eg = self.router.sh("tc -s class show dev eth0")
         _, ig = self.router.sh("tc -s class show dev ifb-eth0")
 
-        def voice_pkts(lines):
+        def pkts(lines, cls="1:10"):
             for i, l in enumerate(lines):
-                if l.startswith("class htb 1:10 "):
+                if l.startswith(f"class htb {cls} "):
                     m = re.search(r"Sent \d+ bytes (\d+) pkt", lines[i + 1] if i + 1 < len(lines) else "")
                     return int(m.group(1)) if m else 0
             return 0
 
         leaves = sorted({l.split()[1] for l in q if l.startswith("qdisc ") and l.split()[1] in ("fq_codel", "cake")})
         self.check("spec B3", "the voice class carries the calls' packets on egress and ingress (fq_codel/cake leaves)",
-                   voice_pkts(eg) > 100 and voice_pkts(ig) > 100 and leaves,
-                   f"voice class: egress {voice_pkts(eg)} pkts, ingress {voice_pkts(ig)} pkts; leaves {leaves}")
+                   pkts(eg) > 100 and pkts(ig) > 100 and leaves,
+                   f"voice class: egress {pkts(eg)} pkts, ingress {pkts(ig)} pkts; leaves {leaves}")
+        # The earlier checks' TCP connections (the port table, provisioning,
+        # the PC software) acknowledged what the servers sent.
+        self.check("spec B3", "TCP acknowledgements leave in their own upload class 1:15",
+                   pkts(eg, "1:15") > 0, f"class 1:15: {pkts(eg, '1:15')} pkts")
 
     def wan_change(self):
         w = self.world

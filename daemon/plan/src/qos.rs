@@ -12,12 +12,16 @@
 //!         below 20 Mbit/s, where the bulk leaf's CoDel also judges over 20 ms)
 //!   ├ 1:10  voice: prio 0, rate = calls x one call on the wire, ceil = the line
 //!   │ └ 10:   fq_codel (a FIFO when the kernel lacks fq_codel)
-//!   └ 1:20  bulk: prio 1, rate = 5 % of the line, ceil = the line
-//!
-//! What neither class is guaranteed is lent to voice first (prio 0): a burst
-//! of voice, or a call more than planned, takes it before bulk does.
+//!   ├ 1:15  upload only, the download's TCP acknowledgements: prio 1,
+//!   │       rate = their load, out of the 5 % voice leaves others
+//!   │ └ 15:   fq_codel
+//!   └ 1:20  bulk: prio 2, rate = the rest of the 5 %, ceil = the line
 //!     └ 20:   fq_codel
 //! ```
+//!
+//! What no class is guaranteed is lent to voice first (prio 0): a burst of
+//! voice, or a call more than planned, takes it before the acknowledgements
+//! and bulk do.
 //!
 //! Upload is shaped on the WAN port. Download is redirected from the WAN's
 //! ingress to an IFB twin (`ifb-<wan>`) and shaped there.
@@ -26,7 +30,8 @@
 //! - upload: after NAT every packet has the WAN's source address, so tc
 //!   cannot tell a phone from a PC. The firewall decides before NAT, where the
 //!   source network is still known: its `qos_egress` chain sets the packet's
-//!   priority to [`VOICE_CLASS`] for traffic from the phone network to the
+//!   priority to [`ACK_CLASS`] for pure TCP acknowledgements and to
+//!   [`VOICE_CLASS`] for traffic from the phone network to the
 //!   provider ranges (UDP, and SIP over TCP/TLS) and from the Wi-Fi-calling
 //!   network to the ePDGs; HTB puts a packet whose priority names one of its
 //!   leaf classes straight into that class, with no tc filter. The same chain
@@ -814,29 +819,31 @@ pub fn ack_load_bps(framing: Framing, down_bps: u64) -> u64 {
 /// What the upload's acknowledgement class is guaranteed while `calls`
 /// calls are in progress on a `down_bps` line whose upload is shaped at
 /// `up_shape_bps`: the acknowledgements of what the download shaper leaves
-/// the calls' sound ([`ack_load_bps`]), at most what the upload shaper has
-/// after bulk's minimum and the calls' steady rate. So the class shares the
-/// voice class's headroom, never the calls' own rate, and all the classes'
-/// rates together stay below the line's.
+/// the calls' sound ([`ack_load_bps`]), out of the [`BULK_MIN_PERCENT`]
+/// the upload keeps for everything but voice, less bulk's own
+/// [`MIN_RATE_BPS`]. The voice class keeps all it had, and the classes'
+/// guarantees add up to the shaper.
 ///
-/// Acknowledgements that must borrow wait whenever the shaper is full and
-/// then leave in a bunch; each sender answers its bunch with a burst of
-/// segments, and download voice waits behind the burst in the DSLAM
-/// (docs/qos.md). Within a guarantee they leave as they come.
+/// In the bulk class the acknowledgements waited for tokens the office's
+/// full-size upload packets took, then left in a bunch; each sender
+/// answered its bunch with a burst of segments, and download voice waited
+/// behind the burst in the DSLAM (docs/qos.md). With their own guarantee
+/// they leave as they come, and the download is clocked by them.
 pub fn acks_bps(framing: Framing, down_bps: u64, up_shape_bps: u64, calls: u64) -> u64 {
     let sound = calls.saturating_mul(voice_wire_bps(framing, false));
     let down_bulk = shaper_rate(Direction::Ingress, down_bps).saturating_sub(sound);
-    let left = up_shape_bps.saturating_sub(bulk_min(up_shape_bps).saturating_add(sound));
-    whole_bytes(ack_load_bps(framing, down_bulk).min(left)).max(MIN_RATE_BPS)
+    let share = bulk_min(up_shape_bps) - MIN_RATE_BPS;
+    whole_bytes(ack_load_bps(framing, down_bulk).min(share)).max(MIN_RATE_BPS)
 }
 
-/// Bulk's guarantee under a shaper of `shape_bps`: [`BULK_MIN_PERCENT`] of
-/// it, in whole bytes rounded up.
+/// What everything but voice is guaranteed under a shaper of `shape_bps`
+/// (bulk, and on the upload the acknowledgements): [`BULK_MIN_PERCENT`] of
+/// it, in whole bytes rounded up, at least [`MIN_RATE_BPS`] for each.
 fn bulk_min(shape_bps: u64) -> u64 {
     (shape_bps * BULK_MIN_PERCENT)
         .div_ceil(100 * 8)
         .saturating_mul(8)
-        .max(MIN_RATE_BPS)
+        .max(2 * MIN_RATE_BPS)
 }
 
 /// Everything one direction's sizing needs.
@@ -882,7 +889,6 @@ impl Sizing {
         // to voice first (prio 0), so a burst of voice or a call more than
         // planned drains ahead of bulk instead of queueing at exactly its
         // rate; bulk borrows whatever voice leaves.
-        let bulk_bps = room.bulk_bps;
         let quantum = self.max_frame();
         let slow = if direction.slow(line_bps) {
             format!(
@@ -928,39 +934,44 @@ impl Sizing {
             class(VOICE_CLASS, LINE_CLASS, voice_bps, 0, voice_why),
         ];
         // The download's acknowledgements leave by the upload, sized for
-        // the calls both directions hold.
+        // the calls both directions hold, out of what voice leaves others.
         let both = voice_calls
             .min(voice_room(Direction::Ingress, self.down_bps, self.up_bps, self.framing).calls);
         let acks = (direction == Direction::Egress)
             .then(|| acks_bps(self.framing, self.down_bps, shape_bps, both));
+        let bulk_bps = room.bulk_bps - acks.unwrap_or(0);
         if let Some(acks_bps) = acks {
             let down_bulk = shaper_rate(Direction::Ingress, self.down_bps)
                 .saturating_sub(both * self.per_call_bps);
             let (per, segments) = ACKS_PER_SEGMENT;
-            let capped = if acks_bps < whole_bytes(ack_load_bps(self.framing, down_bulk)) {
-                ", capped at what the calls leave at their steady rate"
+            let load = format!(
+                "{per} per {segments} full-size segments of the {} the download shaper leaves {both} calls",
+                format_rate(down_bulk)
+            );
+            let size = if acks_bps < whole_bytes(ack_load_bps(self.framing, down_bulk)) {
+                format!(
+                    "{BULK_MIN_PERCENT}% of the shaper less bulk's {} (their load: {load})",
+                    format_rate(MIN_RATE_BPS)
+                )
             } else {
-                ""
+                format!("their load: {load}; out of the {BULK_MIN_PERCENT}% voice leaves others")
             };
             classes.push(class(
                 ACK_CLASS,
                 LINE_CLASS,
                 acks_bps,
-                0,
+                1,
                 format!(
-                    "spec B3: the download's TCP acknowledgements ({per} per {segments} full-size segments of the {} the download shaper leaves {both} calls{capped}), prio 0, may borrow: guaranteed, so they leave as they come and no sender answers a bunch with a burst into the DSLAM",
-                    format_rate(down_bulk)
+                    "spec B3: the download's TCP acknowledgements, {size}; prio 1, may borrow after voice: with their own tokens they leave as they come, not in bunches behind the upload"
                 ),
             ));
         }
-        classes.push(class(
-                BULK_CLASS,
-                LINE_CLASS,
-                bulk_bps,
-                1,
-                "spec B3: everything else, fairly: guaranteed 5% of the shaper, borrows what voice leaves"
-                    .to_string(),
-            ));
+        let bulk_why = if acks.is_some() {
+            format!("spec B3: everything else, fairly: guaranteed what the acknowledgements leave of {BULK_MIN_PERCENT}% of the shaper, borrows what voice and they leave")
+        } else {
+            format!("spec B3: everything else, fairly: guaranteed {BULK_MIN_PERCENT}% of the shaper, borrows what voice leaves")
+        };
+        classes.push(class(BULK_CLASS, LINE_CLASS, bulk_bps, 2, bulk_why));
         let leaves = self.leaves(direction.slow(line_bps), shape_bps, voice_calls, acks);
         Shaper {
             direction,
@@ -1542,8 +1553,10 @@ mod tests {
         assert_eq!(up.shape_bps, 1_900_000);
         assert_eq!(up.voice_calls, 16);
         assert_eq!(up.voice_bps(), 1_780_800);
-        // Bulk is guaranteed 5%; the 24.2k left over go to voice first.
-        assert_eq!(up.class(BULK_CLASS).unwrap().rate_bps, 95_000);
+        // Everything but voice is guaranteed 5%, 95k: the download's
+        // acknowledgements take all but bulk's 8k of it; the 24.2k left
+        // over go to voice first.
+        assert_eq!(up.class(BULK_CLASS).unwrap().rate_bps, 8_000);
         // A 5 Mbit download is slow: shaped at 80%, 4000k, bulk's 5%.
         let down = &plan.ingress;
         assert_eq!(down.shape_bps, 4_000_000);
@@ -1562,20 +1575,22 @@ mod tests {
         assert_eq!(down_room.calls, 34);
         // The download's acknowledgements: 4000k less 16 calls' 1696k is
         // 2304k of segments, 1696 bytes each on the line; 2 of 3 answered
-        // by a 106-byte acknowledgement: 96k.
+        // by a 106-byte acknowledgement: 96k, more than the 87k the 5%
+        // leaves beside bulk's 8k.
         let acks = up.class(ACK_CLASS).unwrap();
-        assert_eq!(acks.rate_bps, 96_000);
+        assert_eq!(acks.rate_bps, 87_000);
         assert_eq!(
             acks.rate_bps,
             acks_bps(Framing::AdslPppoa, 5_000_000, 1_900_000, 16)
         );
         assert_eq!(
             (acks.prio, acks.parent, acks.ceil_bps),
-            (0, LINE_CLASS, 1_900_000)
+            (1, LINE_CLASS, 1_900_000)
         );
+        assert_eq!(up.class(BULK_CLASS).unwrap().prio, 2);
         assert!(
             acks.why.contains(
-                "2 per 3 full-size segments of the 2304kbit the download shaper leaves 16 calls)"
+                "5% of the shaper less bulk's 8kbit (their load: 2 per 3 full-size segments of the 2304kbit the download shaper leaves 16 calls)"
             ),
             "{}",
             acks.why
@@ -1585,28 +1600,25 @@ mod tests {
     }
 
     #[test]
-    fn acknowledgements_are_guaranteed_their_load_within_what_the_calls_leave() {
+    fn acknowledgements_are_guaranteed_their_load_out_of_what_voice_leaves_others() {
         // 2 of 3 full-size segments answered: on ATM a 52-byte
         // acknowledgement is 2 cells (106 bytes), a 1500-byte segment 32
         // (1696 bytes); on Ethernet 70 and 1518 bytes.
         assert_eq!(ack_load_bps(Framing::AdslPppoa, 1_696_000), 2 * 106_000 / 3);
         assert_eq!(ack_load_bps(Framing::Ethernet, 1_518_000), 2 * 70_000 / 3);
-        // Fewer calls leave the download more room: more acknowledgements.
-        let ten = qos(&line("5M", "2M", Framing::AdslPppoa, Some(10)));
-        let acks = ten.egress.class(ACK_CLASS).unwrap();
-        assert_eq!(acks.rate_bps, 122_496); // (4000k - 1060k) x 2 x 106 / (3 x 1696)
-                                            // 16/1 ADSL holds 8 calls up; a 12.8 Mbit download less their sound
-                                            // would need 498k of acknowledgements, but the calls leave only
-                                            // 950k - 47.5k - 848k.
+        // 40/10 VDSL with 20 calls: 34 Mbit/s of download less 1.872 of
+        // sound would need 1158k; the upload's 5% holds 475k.
+        let vdsl = qos(&line("40M", "10M", Framing::VdslPtm, Some(20)));
+        let acks = vdsl.egress.class(ACK_CLASS).unwrap();
+        assert_eq!(acks.rate_bps, 467_000);
+        assert!(acks.why.contains("less bulk's 8kbit"), "{}", acks.why);
+        // 16/1 ADSL: a 12.8 Mbit download less 8 calls' sound would need
+        // 498k of acknowledgements; the 5% of 950k is 47.5k.
         let slow = qos(&line("16M", "1M", Framing::AdslPppoa, None));
         assert_eq!(slow.egress.voice_calls, 8);
         let acks = slow.egress.class(ACK_CLASS).unwrap();
-        assert_eq!(acks.rate_bps, 54_496);
-        assert!(
-            acks.why.contains("capped at what the calls leave"),
-            "{}",
-            acks.why
-        );
+        assert_eq!(acks.rate_bps, 39_504);
+        assert_eq!(slow.egress.class(BULK_CLASS).unwrap().rate_bps, 8_000);
         // Symmetric fibre: the download holds fewer calls (881) than the
         // upload (985); the acknowledgements are sized for 881.
         let fibre = qos(&line("100M", "100M", Framing::Ethernet, None));
@@ -1618,7 +1630,14 @@ mod tests {
             fibre.egress.class(ACK_CLASS).unwrap().rate_bps,
             acks_bps(Framing::Ethernet, 100_000_000, 95_000_000, 881)
         );
-        assert_eq!(fibre.egress.class(ACK_CLASS).unwrap().rate_bps, 251_368);
+        // Their load fits the 5% (4.75M) here.
+        let acks = fibre.egress.class(ACK_CLASS).unwrap();
+        assert_eq!(acks.rate_bps, 251_368);
+        assert!(acks.why.contains("their load: 2 per 3"), "{}", acks.why);
+        assert_eq!(
+            fibre.egress.class(BULK_CLASS).unwrap().rate_bps,
+            4_750_000 - 251_368
+        );
     }
 
     #[test]
@@ -1691,8 +1710,11 @@ mod tests {
             assert_eq!(s.shape_bps, shape);
             assert_eq!(s.voice_calls, 100);
             assert_eq!(s.voice_bps(), 9_156_000);
+            // Everything else 5%; on the upload the acknowledgements of
+            // the 76.28M of download the calls leave take 2.345M of it.
             let bulk = s.class(BULK_CLASS).unwrap();
-            assert_eq!(bulk.rate_bps, shape / 20);
+            let acks = s.class(ACK_CLASS).map_or(0, |c| c.rate_bps);
+            assert_eq!(bulk.rate_bps + acks, shape / 20);
             assert_eq!(bulk.ceil_bps, shape);
             assert_eq!(s.class(VOICE_CLASS).unwrap().ceil_bps, shape);
             // 1 ms at 85-95 Mbit is more than one frame.
@@ -1701,6 +1723,7 @@ mod tests {
                 u32::try_from(shape / 8_000).unwrap()
             );
         }
+        assert_eq!(plan.egress.class(ACK_CLASS).unwrap().rate_bps, 2_345_008);
         assert!(plan.warnings.is_empty());
     }
 
@@ -1715,25 +1738,23 @@ mod tests {
                         assert_eq!(c.ceil_bps, s.shape_bps);
                         assert!(c.burst >= u32::try_from(framing.wire_bytes(1500)).unwrap());
                     }
+                    // The guarantees add up to no more than the shaper;
+                    // the acknowledgements and bulk share the 5%.
                     let voice = s.voice_bps();
                     let bulk = s.class(BULK_CLASS).unwrap().rate_bps;
-                    assert!(voice + bulk <= s.shape_bps, "{framing:?} {down}/{up}");
-                    // The acknowledgements share only the voice class's
-                    // headroom: with the calls at their steady rate the
-                    // guarantees fit the shaper.
                     let acks = s.class(ACK_CLASS).map_or(0, |c| c.rate_bps);
-                    let steady = s.voice_calls * plan.per_call_bps;
                     assert!(
-                        acks == MIN_RATE_BPS || steady + acks + bulk <= s.shape_bps,
-                        "{framing:?} {down}/{up}: {steady} + {acks} + {bulk}"
+                        voice + acks + bulk <= s.shape_bps,
+                        "{framing:?} {down}/{up}"
                     );
-                    assert!(voice + acks + bulk <= s.line_bps, "{framing:?} {down}/{up}");
+                    assert!(bulk >= MIN_RATE_BPS && (acks == 0 || acks >= MIN_RATE_BPS));
                     assert_eq!(
                         s.class(ACK_CLASS).is_some(),
                         s.direction == Direction::Egress
                     );
-                    assert!(bulk * 100 >= s.shape_bps * BULK_MIN_PERCENT);
-                    assert!(bulk * 100 < s.shape_bps * (BULK_MIN_PERCENT + 1));
+                    let others = acks + bulk;
+                    assert!(others * 100 >= s.shape_bps * BULK_MIN_PERCENT);
+                    assert!(others * 100 < s.shape_bps * (BULK_MIN_PERCENT + 1));
                 }
             }
         }
@@ -1792,7 +1813,7 @@ mod tests {
         };
         let plan = qos_for(&c, &facts);
         assert_eq!(plan.egress.leaves[0].kind, LeafKind::Pfifo { limit: 32 });
-        // 96k of acknowledgements for 100 ms: 120 bytes, at least 16.
+        // 87k of acknowledgements for 100 ms: 10 of 106 bytes, at least 16.
         assert_eq!(plan.egress.leaves[1].kind, LeafKind::Pfifo { limit: 16 });
         assert_eq!(
             plan.egress.leaves[2].kind,

@@ -374,8 +374,9 @@ fn capacity_cmd(
     ));
     let up = voice_room(Direction::Egress, down_bps, up_bps, framing);
     println(format!(
-        "{} of the upload guaranteed to the download's TCP acknowledgements while those {} calls are in progress, out of the calls' headroom and what they leave (spec B3)",
+        "{} of the upload's {} for other traffic guaranteed to the download's TCP acknowledgements while those {} calls are in progress (spec B3)",
         kbit(acks_bps(framing, down_bps, up.shape_bps, room.calls)),
+        kbit(up.bulk_bps),
         room.calls
     ));
     println(format!(

@@ -153,7 +153,7 @@ fn capacity_of_five_two_is_twenty_calls_and_shows_framing() {
     // The download's acknowledgements while those calls are in progress:
     // what routerctl print --part tc shows as class 1:15.
     assert!(
-        atm.contains("96.0 kbit/s of the upload guaranteed to the download's TCP acknowledgements while those 16 calls are in progress"),
+        atm.contains("87.0 kbit/s of the upload's 95.0 kbit/s for other traffic guaranteed to the download's TCP acknowledgements while those 16 calls are in progress"),
         "{atm}"
     );
     // On a symmetric line the download's wider margin decides.
