@@ -272,11 +272,11 @@ impl<'a> Firewall<'a> {
 
     /// Voice and the downloads' acknowledgements for the upload shaper: the
     /// packet priority names the shaper's class, which HTB takes without a
-    /// tc filter; RTP and SIP leave
-    /// with the DSCP the provider's network expects. The provider set is
-    /// looked up once per packet: one rule per family jumps to a chain that
-    /// holds the actions, so a policy with thousands of addresses costs one
-    /// interval-set lookup, not one per action.
+    /// tc filter; RTP and SIP leave with the DSCP the provider's network
+    /// expects. The provider set is looked up once per packet: one rule per
+    /// family jumps to a chain that holds the actions, so a policy with
+    /// thousands of addresses costs one interval-set lookup, not one per
+    /// action.
     fn qos_egress(&self) -> Vec<Chain> {
         let mut c = Chain::regular("qos_egress");
         let mut chains = Vec::new();
