@@ -276,6 +276,14 @@ impl Direction {
         }
     }
 
+    /// This direction's rate of a `down_bps`/`up_bps` line.
+    pub fn of(self, down_bps: u64, up_bps: u64) -> u64 {
+        match self {
+            Direction::Egress => up_bps,
+            Direction::Ingress => down_bps,
+        }
+    }
+
     /// Share of a `line_bps` line this direction's shaper uses.
     pub fn shape_percent(self, line_bps: u64) -> u64 {
         match self {
@@ -790,11 +798,7 @@ pub fn shaper_rate(direction: Direction, line_bps: u64) -> u64 {
 /// built from, and what `routerctl capacity` prints beside the line's own.
 pub fn voice_room(direction: Direction, down_bps: u64, up_bps: u64, framing: Framing) -> VoiceRoom {
     let per_call_bps = voice_wire_bps(framing, false);
-    let line_bps = match direction {
-        Direction::Egress => up_bps,
-        Direction::Ingress => down_bps,
-    };
-    let shape_bps = shaper_rate(direction, line_bps);
+    let shape_bps = shaper_rate(direction, direction.of(down_bps, up_bps));
     let bulk_bps = bulk_min(shape_bps);
     let voice_bps = shape_bps.saturating_sub(bulk_bps);
     VoiceRoom {
@@ -816,24 +820,49 @@ pub fn ack_load_bps(framing: Framing, down_bps: u64) -> u64 {
     u64::try_from(bps).unwrap_or(u64::MAX)
 }
 
+/// What the upload keeps for the download's acknowledgements ([`ack_room`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckRoom {
+    /// Bit/s the download shaper leaves bulk beside the calls' sound.
+    pub down_bulk_bps: u64,
+    /// Bit/s that download's acknowledgements take on the upload line
+    /// ([`ack_load_bps`]).
+    pub load_bps: u64,
+    /// What the acknowledgement class is guaranteed: the load, at most the
+    /// [`BULK_MIN_PERCENT`] for everything but voice less bulk's own
+    /// [`MIN_RATE_BPS`]; whole bytes.
+    pub rate_bps: u64,
+}
+
+impl AckRoom {
+    /// Whether the guarantee is less than the load.
+    pub fn capped(&self) -> bool {
+        self.rate_bps < whole_bytes(self.load_bps)
+    }
+}
+
 /// What the upload's acknowledgement class is guaranteed while `calls`
 /// calls are in progress on a `down_bps` line whose upload is shaped at
 /// `up_shape_bps`: the acknowledgements of what the download shaper leaves
-/// the calls' sound ([`ack_load_bps`]), out of the [`BULK_MIN_PERCENT`]
-/// the upload keeps for everything but voice, less bulk's own
-/// [`MIN_RATE_BPS`]. The voice class keeps all it had, and the classes'
-/// guarantees add up to the shaper.
+/// the calls' sound, out of the [`BULK_MIN_PERCENT`] the upload keeps for
+/// everything but voice, less bulk's own [`MIN_RATE_BPS`]. The voice class
+/// keeps all it had, and the classes' guarantees add up to the shaper.
 ///
 /// In the bulk class the acknowledgements waited for tokens the office's
 /// full-size upload packets took, then left in a bunch; each sender
 /// answered its bunch with a burst of segments, and download voice waited
 /// behind the burst in the DSLAM (docs/qos.md). With their own guarantee
 /// they leave as they come, and the download is clocked by them.
-pub fn acks_bps(framing: Framing, down_bps: u64, up_shape_bps: u64, calls: u64) -> u64 {
+pub fn ack_room(framing: Framing, down_bps: u64, up_shape_bps: u64, calls: u64) -> AckRoom {
     let sound = calls.saturating_mul(voice_wire_bps(framing, false));
-    let down_bulk = shaper_rate(Direction::Ingress, down_bps).saturating_sub(sound);
+    let down_bulk_bps = shaper_rate(Direction::Ingress, down_bps).saturating_sub(sound);
+    let load_bps = ack_load_bps(framing, down_bulk_bps);
     let share = bulk_min(up_shape_bps) - MIN_RATE_BPS;
-    whole_bytes(ack_load_bps(framing, down_bulk).min(share)).max(MIN_RATE_BPS)
+    AckRoom {
+        down_bulk_bps,
+        load_bps,
+        rate_bps: whole_bytes(load_bps.min(share)).max(MIN_RATE_BPS),
+    }
 }
 
 /// What everything but voice is guaranteed under a shaper of `shape_bps`
@@ -876,10 +905,7 @@ impl Sizing {
     }
 
     fn shaper(&self, direction: Direction, device: &str, classifiers: Vec<Classifier>) -> Shaper {
-        let line_bps = match direction {
-            Direction::Egress => self.up_bps,
-            Direction::Ingress => self.down_bps,
-        };
+        let line_bps = direction.of(self.down_bps, self.up_bps);
         let room = voice_room(direction, self.down_bps, self.up_bps, self.framing);
         let shape_bps = room.shape_bps;
         let voice_calls = self.calls.min(room.calls);
@@ -935,20 +961,21 @@ impl Sizing {
         ];
         // The download's acknowledgements leave by the upload, sized for
         // the calls both directions hold, out of what voice leaves others.
-        let both = voice_calls
-            .min(voice_room(Direction::Ingress, self.down_bps, self.up_bps, self.framing).calls);
-        let acks = (direction == Direction::Egress)
-            .then(|| acks_bps(self.framing, self.down_bps, shape_bps, both));
-        let bulk_bps = room.bulk_bps - acks.unwrap_or(0);
-        if let Some(acks_bps) = acks {
-            let down_bulk = shaper_rate(Direction::Ingress, self.down_bps)
-                .saturating_sub(both * self.per_call_bps);
+        let acks = (direction == Direction::Egress).then(|| {
+            let down_calls =
+                voice_room(Direction::Ingress, self.down_bps, self.up_bps, self.framing).calls;
+            let both = voice_calls.min(down_calls);
+            (both, ack_room(self.framing, self.down_bps, shape_bps, both))
+        });
+        let acks_bps = acks.map(|(_, a)| a.rate_bps);
+        let bulk_bps = room.bulk_bps - acks_bps.unwrap_or(0);
+        if let Some((both, a)) = acks {
             let (per, segments) = ACKS_PER_SEGMENT;
             let load = format!(
                 "{per} per {segments} full-size segments of the {} the download shaper leaves {both} calls",
-                format_rate(down_bulk)
+                format_rate(a.down_bulk_bps)
             );
-            let size = if acks_bps < whole_bytes(ack_load_bps(self.framing, down_bulk)) {
+            let size = if a.capped() {
                 format!(
                     "{BULK_MIN_PERCENT}% of the shaper less bulk's {} (their load: {load})",
                     format_rate(MIN_RATE_BPS)
@@ -959,7 +986,7 @@ impl Sizing {
             classes.push(class(
                 ACK_CLASS,
                 LINE_CLASS,
-                acks_bps,
+                a.rate_bps,
                 1,
                 format!(
                     "spec B3: the download's TCP acknowledgements, {size}; prio 1, may borrow after voice: with their own tokens they leave as they come, not in bunches behind the upload"
@@ -972,7 +999,7 @@ impl Sizing {
             format!("spec B3: everything else, fairly: guaranteed {BULK_MIN_PERCENT}% of the shaper, borrows what voice leaves")
         };
         classes.push(class(BULK_CLASS, LINE_CLASS, bulk_bps, 2, bulk_why));
-        let leaves = self.leaves(direction.slow(line_bps), shape_bps, voice_calls, acks);
+        let leaves = self.leaves(direction.slow(line_bps), shape_bps, voice_calls, acks_bps);
         Shaper {
             direction,
             device: device.to_string(),
@@ -1581,7 +1608,7 @@ mod tests {
         assert_eq!(acks.rate_bps, 87_000);
         assert_eq!(
             acks.rate_bps,
-            acks_bps(Framing::AdslPppoa, 5_000_000, 1_900_000, 16)
+            ack_room(Framing::AdslPppoa, 5_000_000, 1_900_000, 16).rate_bps
         );
         assert_eq!(
             (acks.prio, acks.parent, acks.ceil_bps),
@@ -1628,7 +1655,7 @@ mod tests {
         );
         assert_eq!(
             fibre.egress.class(ACK_CLASS).unwrap().rate_bps,
-            acks_bps(Framing::Ethernet, 100_000_000, 95_000_000, 881)
+            ack_room(Framing::Ethernet, 100_000_000, 95_000_000, 881).rate_bps
         );
         // Their load fits the 5% (4.75M) here.
         let acks = fibre.egress.class(ACK_CLASS).unwrap();

@@ -14,7 +14,7 @@ use router_config::model::Framing;
 use router_config::units::parse_rate;
 use router_config::{Checked, Diagnostic, HostFacts, ProviderPolicy};
 use router_plan::qos::{
-    acks_bps, per_call_with_headroom, voice_room, Direction, VOICE_HEADROOM_PERCENT,
+    ack_room, per_call_with_headroom, voice_room, Direction, VOICE_HEADROOM_PERCENT,
 };
 use router_plan::Part;
 
@@ -356,11 +356,16 @@ fn capacity_cmd(
     ));
     // What the router's own shaper protects: the smaller voice class of the
     // two trees (routerctl print --part tc).
-    let (direction, line_bps, room) = [(Direction::Egress, up_bps), (Direction::Ingress, down_bps)]
-        .into_iter()
-        .map(|(d, bps)| (d, bps, voice_room(d, down_bps, up_bps, framing)))
-        .min_by_key(|(_, _, room)| room.calls)
-        .expect("two directions");
+    let room_of = |d| voice_room(d, down_bps, up_bps, framing);
+    let up = room_of(Direction::Egress);
+    let (direction, room) = [
+        (Direction::Egress, up),
+        (Direction::Ingress, room_of(Direction::Ingress)),
+    ]
+    .into_iter()
+    .min_by_key(|(_, room)| room.calls)
+    .expect("two directions");
+    let line_bps = direction.of(down_bps, up_bps);
     println(format!(
         "{} calls protected from bulk traffic by the shaper: it shapes the {} at {}% ({}) and keeps {} for other traffic, {} for voice, {} per call with {}% headroom",
         room.calls,
@@ -372,10 +377,9 @@ fn capacity_cmd(
         kbit(per_call_with_headroom(cap.wire_per_call_bps)),
         VOICE_HEADROOM_PERCENT
     ));
-    let up = voice_room(Direction::Egress, down_bps, up_bps, framing);
     println(format!(
         "{} of the upload's {} for other traffic guaranteed to the download's TCP acknowledgements while those {} calls are in progress (spec B3)",
-        kbit(acks_bps(framing, down_bps, up.shape_bps, room.calls)),
+        kbit(ack_room(framing, down_bps, up.shape_bps, room.calls).rate_bps),
         kbit(up.bulk_bps),
         room.calls
     ));

@@ -619,21 +619,24 @@ fn tcp_refused(ns: &str, to: SocketAddr) {
     });
 }
 
-/// The counters of class `id` on `ifname` in the router namespace.
-fn class_counters(router: &str, ifname: &str, id: router_plan::qos::Handle) -> ClassStats {
+/// The counters of the classes `ids` on `ifname` in the router namespace,
+/// from one dump.
+fn class_counters<const N: usize>(
+    router: &str,
+    ifname: &str,
+    ids: [router_plan::qos::Handle; N],
+) -> [ClassStats; N] {
     let name = ifname.to_string();
     let stats = netlink_in(router, |h| async move {
         tc::class_stats(&h, &name).await.unwrap()
     });
-    *stats.iter().find(|s| s.classid == id).unwrap()
+    ids.map(|id| *stats.iter().find(|s| s.classid == id).unwrap())
 }
 
 /// (voice, bulk) counters of `ifname` in the router namespace.
 fn counters(router: &str, ifname: &str) -> (ClassStats, ClassStats) {
-    (
-        class_counters(router, ifname, VOICE_CLASS),
-        class_counters(router, ifname, BULK_CLASS),
-    )
+    let [voice, bulk] = class_counters(router, ifname, [VOICE_CLASS, BULK_CLASS]);
+    (voice, bulk)
 }
 
 /// A download of `bytes` from `server` in `server_ns` to `client_ns`: the
@@ -861,12 +864,10 @@ fn voice_and_bulk_packets_land_in_their_classes_both_ways() {
     // the acknowledgement class, 52 bytes of IP each (2 ATM cells); its SYN
     // and FIN are bulk.
     let ack = |s: &ClassStats| (s.packets, s.bytes);
-    let a4 = class_counters(&router, "eth0", ACK_CLASS);
-    let (v4b, b4b) = counters(&router, "eth0");
+    let [a4, v4b, b4b] = class_counters(&router, "eth0", [ACK_CLASS, VOICE_CLASS, BULK_CLASS]);
     download(&isp, (INTERNET, 8080).into(), &pc, 256 * 1024);
     settle();
-    let a5 = class_counters(&router, "eth0", ACK_CLASS);
-    let (v5b, b5b) = counters(&router, "eth0");
+    let [a5, v5b, b5b] = class_counters(&router, "eth0", [ACK_CLASS, VOICE_CLASS, BULK_CLASS]);
     let (acks, ack_bytes) = (ack(&a5).0 - ack(&a4).0, ack(&a5).1 - ack(&a4).1);
     // The namespaces' veths pass the sender's 64 KB aggregates whole, so
     // the PC acknowledges fewer, larger packets than on a line.
